@@ -1,0 +1,3 @@
+from gptscratch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Text generation with a KV cache: one prefill over the prompt, then one-token decode steps.
+
+Context longer than `block_size` is a sliding window over the last `block_size` tokens, exactly as
+an uncached loop that crops its input. GPT-2's positions are absolute, so once the window slides the
+cached keys no longer match their positions: from then on each step re-reads the window (correct,
+and no slower than the uncached loop).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPT
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top k and outside the smallest set whose mass reaches top_p."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p; the first always stays
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise UserError(f"--temperature {temperature}: expected a value >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k {top_k}: expected an integer >= 1")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise UserError(f"--top-p {top_p}: expected a value in (0, 1]")
+
+
+def next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Pick one token per row from last-position logits (B, vocab)."""
+    logits = logits.float()
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    stop_token: int | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens and return (B, T + n).
+
+    temperature=0 is greedy. With `stop_token`, a row that produced it keeps producing it (so the batch
+    stays rectangular) and generation ends once every row has. `on_token` gets each step's (B,) tokens.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise UserError("the prompt encodes to no tokens; give at least one token of text")
+    config = model.config
+    was_training = model.training
+    model.eval()
+    block = config.block_size
+    cache = None
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    try:
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = model(idx[:, -block:])
+            elif cache is None or cache.pos >= block:
+                # (re)fill: the first step, or the window slid past the position table
+                cache = model.new_cache(idx.size(0), device=idx.device)
+                logits, _ = model(idx[:, -block:], cache=cache)
+            else:
+                logits, _ = model(idx[:, -1:], cache=cache)
+            logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
+            tok = next_token(logits, temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                tok = torch.where(done, torch.full_like(tok, stop_token), tok)
+                done |= tok == stop_token
+            idx = torch.cat([idx, tok[:, None]], dim=1)
+            if on_token is not None:
+                on_token(tok)
+            if stop_token is not None and bool(done.all()):
+                break
+    finally:
+        model.train(was_training)
+    return idx
+
+
+def generate_many(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
+    """Generate for prompts of different lengths: rows of equal length share one batched call."""
+    device = model.lm_head.weight.device
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    for rows in by_len.values():
+        idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        res = generate(model, idx, max_new_tokens, **kwargs)
+        for r, i in enumerate(rows):
+            out[i] = res[r].tolist()
+    return out

@@ -1,0 +1,187 @@
+"""Hugging Face GPT-2 checkpoints in and out.
+
+OpenAI's GPT-2 used a `Conv1D` layer that stores its weight as (in, out); `nn.Linear` stores (out, in).
+That transpose, for four weights per block, is the whole difference between the two layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPT, GPTConfig
+
+# Weights stored by Conv1D, which need a transpose either way.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Buffers some old checkpoints carry (the causal mask); not parameters.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def config_from_hf(cfg: dict, source: str) -> GPTConfig:
+    """Map a transformers GPT2Config dict onto ours; refuse what our model cannot represent."""
+    if cfg.get("model_type") != "gpt2":
+        raise UserError(f"{source}: model_type is {cfg.get('model_type')!r}, expected 'gpt2' (a GPT2LMHeadModel)")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{source}: activation_function {act!r} is not GPT-2's tanh GELU ('gelu_new')")
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-12:
+        raise UserError(f"{source}: layer_norm_epsilon={eps}, expected GPT-2's 1e-05")
+    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
+        raise UserError(f"{source}: attention scaling differs from GPT-2's 1/sqrt(head_dim)")
+    if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 768)):
+        raise UserError(f"{source}: n_inner={cfg['n_inner']}, expected 4 * n_embd")
+    if cfg.get("tie_word_embeddings") is False:
+        raise UserError(f"{source}: tie_word_embeddings is false; GPT-2 ties the LM head to the embedding")
+    try:
+        return GPTConfig(
+            block_size=int(cfg["n_positions"]),
+            vocab_size=int(cfg["vocab_size"]),
+            n_layer=int(cfg["n_layer"]),
+            n_head=int(cfg["n_head"]),
+            n_embd=int(cfg["n_embd"]),
+            dropout=0.0,
+            bias=True,
+        )
+    except KeyError as e:
+        raise UserError(f"{source}: missing GPT-2 config field {e.args[0]!r}") from None
+
+
+def config_to_hf(config: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+
+
+def _resolve(path_or_id: str) -> Path:
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{path}: expected a directory holding config.json and model.safetensors")
+    looks_like_hub_id = path_or_id in HUB_IDS or (path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/")))
+    if not looks_like_hub_id:
+        raise UserError(f"{path}: no such directory (expected config.json + model.safetensors, or a hub id like 'gpt2')")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(
+            f"cannot fetch {path_or_id!r}: huggingface_hub is not installed (pip install 'gptscratch[hf]'), "
+            "or pass a local directory holding config.json and model.safetensors"
+        ) from None
+    try:
+        local = snapshot_download(path_or_id, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # offline, unknown id, auth: all end the same way for the user
+        raise UserError(
+            f"cannot download {path_or_id!r} from the Hugging Face hub ({type(e).__name__}); "
+            "pass a local directory holding config.json and model.safetensors instead"
+        ) from None
+    return Path(local)
+
+
+def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    st = directory / "model.safetensors"
+    if st.exists():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"{st}: not a readable safetensors file, truncated or corrupt ({e})") from None
+    bin_path = directory / "pytorch_model.bin"
+    if bin_path.exists():
+        try:
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{bin_path}: cannot be loaded as a weights-only PyTorch file ({e})") from None
+    raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
+
+
+def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
+    directory = _resolve(path_or_id)
+    cfg_path = directory / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{cfg_path}: missing (a Hugging Face GPT-2 directory needs config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    config = config_from_hf(cfg, str(cfg_path))
+    config.vocab_multiple = vocab_multiple
+    hf_sd = _read_state_dict(directory)
+
+    model = GPT(config)
+    sd = model.state_dict()
+    loaded: set[str] = set()
+    for key, tensor in hf_sd.items():
+        if key.endswith(IGNORED_SUFFIXES) or key == "lm_head.weight":
+            continue  # the head is tied to wte
+        name = key if key.startswith("transformer.") else "transformer." + key  # OpenAI's files lack the prefix
+        if name not in sd:
+            raise UserError(f"{directory}: unexpected weight {key!r}; not a GPT-2 checkpoint")
+        if name.endswith(CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        target = sd[name]
+        if name == "transformer.wte.weight":
+            target = target[: config.vocab_size]  # padded rows keep their init
+        if tensor.shape != target.shape:
+            raise UserError(f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(tensor)
+        loaded.add(name)
+    missing = [k for k in sd if k not in loaded and k != "lm_head.weight"]
+    if missing:
+        raise UserError(f"{directory}: missing {len(missing)} weights, e.g. {missing[0]!r}; truncated checkpoint?")
+    return model
+
+
+def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
+    """Write config.json and model.safetensors, each to a temporary name first, then renamed."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied; transformers re-ties it on load
+        t = tensor.detach().to("cpu", torch.float32)
+        if name == "transformer.wte.weight":
+            t = t[: config.vocab_size]  # drop padding rows
+        if name.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        tensors[name] = t.contiguous()
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+    os.replace(tmp, out / "config.json")
+    return out

