@@ -214,7 +214,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_cache(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
@@ -276,18 +276,32 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast would run a matmul in on this device, or None when autocast is off."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except TypeError:  # torch < 2.4 has per-device functions instead
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 def fused_linear_cross_entropy(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 1024
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore)."""
     x2 = x.reshape(-1, x.size(-1))
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is not None:
         x2, weight = x2.to(dtype), weight.to(dtype)
     elif x2.dtype != weight.dtype:
         x2 = x2.to(weight.dtype)
+    # At most 8 chunks: torch.compile unrolls the loop, and its compile time grows with every chunk.
+    chunk = max(chunk_tokens, -(-x2.size(0) // 8))
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk_tokens)
+        return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk)
 
 
 def flops_per_token(config: GPTConfig, seq_len: int, n_params: int) -> float:

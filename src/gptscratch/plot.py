@@ -1,5 +1,107 @@
-"""Placeholder until this subcommand lands."""
+"""`gptscratch plot RUN_DIR ...`: train/val loss and HellaSwag curves from metrics.jsonl, as a PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptscratch.errors import UserError
+
+# OpenAI's GPT-2 124M on FineWeb-Edu, as build-nanogpt measured it (play.ipynb, hellaswag.py).
+GPT2_124M_FINEWEB_EDU_VAL_LOSS = 3.2924
+GPT2_124M_HELLASWAG_ACC_NORM = 0.2955
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise UserError(f"{path}: not found; is {run_dir} a training run directory?")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{n}: not a JSON object") from None
+    return rows
+
+
+def _is_fineweb_edu(run_dir: Path) -> bool:
+    try:
+        data = json.loads((Path(run_dir) / "config.json").read_text()).get("data", "")
+    except (OSError, json.JSONDecodeError):
+        return False
+    manifest = Path(data) / "manifest.json"
+    source = ""
+    if manifest.exists():
+        try:
+            source = str(json.loads(manifest.read_text()).get("source", ""))
+        except json.JSONDecodeError:
+            pass
+    return "fineweb" in (data + source).lower() and "edu" in (data + source).lower()
+
+
+def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    runs = [(Path(r), read_metrics(Path(r))) for r in run_dirs]
+    has_hs = any("hellaswag_acc_norm" in row for _, rows in runs for row in rows)
+    fig, axes = plt.subplots(1, 2 if has_hs else 1, figsize=(12 if has_hs else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    for run_dir, rows in runs:
+        train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        if train:
+            line, = ax.plot(*zip(*train), alpha=0.6, label=f"{run_dir.name} train")
+            if val:
+                ax.plot(*zip(*val), "o-", color=line.get_color(), label=f"{run_dir.name} val")
+    if any(_is_fineweb_edu(r) for r, _ in runs):
+        ax.axhline(GPT2_124M_FINEWEB_EDU_VAL_LOSS, color="red", ls="--", label="OpenAI GPT-2 124M val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if has_hs:
+        ax = axes[0][1]
+        for run_dir, rows in runs:
+            hs = [(r["step"], r["hellaswag_acc_norm"]) for r in rows if "hellaswag_acc_norm" in r]
+            if hs:
+                ax.plot(*zip(*hs), "o-", label=run_dir.name)
+        ax.axhline(GPT2_124M_HELLASWAG_ACC_NORM, color="red", ls="--", label="OpenAI GPT-2 124M")
+        ax.set_xlabel("step")
+        ax.set_ylabel("acc_norm")
+        ax.set_title("HellaSwag")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def cmd_plot(args) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install 'gptscratch[plot]'") from None
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "loss.png"
+    plot_runs([Path(r) for r in args.runs], out)
+    print(f"wrote {out}")
+    return 0
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("plot", help="plot loss and HellaSwag curves of one or more runs",
+                       description="Draw train/val loss (and HellaSwag) from each run's metrics.jsonl into one PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png of the first run)")
+    p.set_defaults(func=cmd_plot)

@@ -1,0 +1,211 @@
+"""Checkpoints that survive a kill at any moment, and resume a run exactly.
+
+A checkpoint is a directory `checkpoints/step_000100/` holding:
+- `model.safetensors`: the weights (the tied LM head stored once, as `transformer.wte.weight`);
+- `optimizer.pt`: AdamW's state, loaded with `weights_only=True`;
+- `state.json`: step, the run's config, the model shape, every rank's loader position and RNG states.
+It is written under a temporary name and renamed into place, so a reader sees a complete checkpoint
+or none; the previous one stays until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPT, GPTConfig
+
+FORMAT = "gptscratch-checkpoint-1"
+
+
+def rng_state() -> dict:
+    """This process's random states, as types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    config: dict  # the run's TrainConfig as a dict
+    model_config: GPTConfig
+    loader_states: list[dict]  # one per rank
+    world_size: int
+
+    def load_model(self) -> GPT:
+        model = GPT(self.model_config)
+        load_weights(model, self.path / "model.safetensors")
+        return model
+
+    def optimizer_state(self) -> dict:
+        path = self.path / "optimizer.pt"
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path}: cannot be loaded ({type(e).__name__}); truncated or not a gptscratch checkpoint") from None
+
+    def rng_state(self, rank: int) -> dict:
+        path = self.path / f"rng_rank{rank}.pt"
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{path}: cannot be loaded ({type(e).__name__})") from None
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
+    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    if set(sd) != set(expected):
+        raise UserError(f"{path}: its weights are not those of a gptscratch GPT of this shape")
+    for k, v in sd.items():
+        if v.shape != expected[k].shape:
+            raise UserError(f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+    model.load_state_dict({**sd, "lm_head.weight": sd["transformer.wte.weight"]})
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    step: int,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    config: dict,
+    loader_states: list[dict],
+    rng_states: list[dict],
+    keep: int = 0,
+) -> Path:
+    from safetensors.torch import save_file
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:06d}"
+    tmp = ckpt_dir / f".tmp-step_{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    for rank, state in enumerate(rng_states):
+        torch.save(state, tmp / f"rng_rank{rank}.pt")
+    delay = float(os.environ.get("GPTSCRATCH_TEST_CKPT_DELAY", "0"))  # tests kill a write in progress
+    if delay:
+        time.sleep(delay)
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "world_size": len(loader_states),
+        "model_config": asdict(model.config),
+        "config": config,
+        "loader_states": loader_states,
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run): replace it as a whole
+        old = ckpt_dir / f".old-step_{step:06d}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(ckpt_dir)
+    if keep > 0:
+        for old in list_checkpoints(ckpt_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories of interrupted writes are skipped)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.glob("step_*") if p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A step directory from a step directory, a checkpoints/ directory or a run directory."""
+    path = Path(path)
+    if (path / "state.json").exists():
+        return path
+    for candidate in (path, path / "checkpoints"):
+        found = list_checkpoints(candidate)
+        if found:
+            return found[-1]
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run directory")
+    raise UserError(f"{path}: holds no complete gptscratch checkpoint (expected step_*/state.json)")
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    step_dir = find_checkpoint(path)
+    state_path = step_dir / "state.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{state_path}: not valid JSON ({e}); truncated checkpoint?") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{state_path}: not a {FORMAT} file")
+    try:
+        model_config = GPTConfig(**state["model_config"])
+        return Checkpoint(
+            path=step_dir,
+            step=int(state["step"]),
+            config=state["config"],
+            model_config=model_config,
+            loader_states=state["loader_states"],
+            world_size=int(state["world_size"]),
+        )
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{state_path}: missing or malformed field ({e})") from None
+
+
+def load_model(path: str | os.PathLike) -> GPT:
+    """The model of the newest checkpoint under `path` (for sampling, evaluation and export)."""
+    return load_checkpoint(path).load_model()

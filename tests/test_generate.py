@@ -1,0 +1,94 @@
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from gptscratch.errors import UserError
+from gptscratch.generate import filter_logits, generate, generate_many
+from gptscratch.model import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=48, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def prompt(t=5, b=1, seed=0):
+    return torch.randint(0, 50257, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_cached_and_uncached_greedy_identical(tiny):
+    p = prompt(b=3)
+    a = generate(tiny, p, 64, temperature=0.0, use_cache=True)
+    b = generate(tiny, p, 64, temperature=0.0, use_cache=False)
+    assert a.shape == (3, 69)
+    assert torch.equal(a, b)  # 64 + 5 > block_size 48: the window slides too
+
+
+def test_greedy_equals_transformers_generate(hf_tiny):
+    hf, path = hf_tiny
+    ours = GPT.from_pretrained(str(path)).eval()
+    p = prompt(t=6, b=2)
+    ref = hf.generate(p, max_new_tokens=30, do_sample=False, pad_token_id=50256,
+                      attention_mask=torch.ones_like(p))
+    got = generate(ours, p, 30, temperature=0.0)
+    assert torch.equal(ref, got)
+
+
+def test_top_k_one_is_greedy(tiny):
+    p = prompt()
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(tiny, p, 20, top_k=1, generator=g), generate(tiny, p, 20, temperature=0.0))
+
+
+def test_top_p_keeps_only_the_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.75))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.75 <= 0.8
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.5))
+    assert kept.tolist() == [[True, False, False, False]]
+    kept = torch.isfinite(filter_logits(probs.log()[:, [2, 0, 3, 1]], top_p=0.75))
+    assert kept.tolist() == [[False, True, False, True]]  # order of the vocab does not matter
+    g = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(filter_logits(probs.log(), top_p=0.75).softmax(-1).expand(2000, 4), 1, generator=g)
+    assert set(samples.flatten().tolist()) == {0, 1}
+
+
+def test_prompt_longer_than_block_size(tiny):
+    p = prompt(t=100)
+    out = generate(tiny, p, 5, temperature=0.0)
+    assert out.shape == (1, 105)
+    assert torch.equal(out, generate(tiny, p, 5, temperature=0.0, use_cache=False))
+
+
+def test_stop_token_and_streaming(tiny):
+    p = prompt(b=2)
+    free = generate(tiny, p, 10, temperature=0.0)
+    stop = int(free[0, 7])  # a token row 0 produces at its third step
+    seen = []
+    out = generate(tiny, p, 10, temperature=0.0, stop_token=stop, on_token=seen.append)
+    assert (out[0, 8:] == stop).all()  # a finished row keeps emitting the stop token
+    assert torch.equal(torch.stack(seen, 1), out[:, 5:])
+
+
+def test_padded_vocab_rows_are_never_sampled():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=100, vocab_multiple=64, n_layer=1, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight[100:] = 50.0  # padding rows would win every argmax
+    out = generate(model, torch.zeros(4, 1, dtype=torch.long), 20, generator=torch.Generator().manual_seed(0))
+    assert int(out.max()) < 100
+
+
+def test_batches_of_prompts_of_different_lengths(tiny):
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
+    got = generate_many(tiny, prompts, 6, temperature=0.0)
+    for p, g in zip(prompts, got):
+        assert g == generate(tiny, torch.tensor([p]), 6, temperature=0.0)[0].tolist()
+
+
+def test_bad_sampling_arguments(tiny):
+    with pytest.raises(UserError, match="top-p"):
+        generate(tiny, prompt(), 2, top_p=1.5)
+    with pytest.raises(UserError, match="no tokens"):
+        generate(tiny, torch.zeros(1, 0, dtype=torch.long), 2)

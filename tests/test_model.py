@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPT, GPTConfig, fused_linear_cross_entropy
+
+
+def tokens(n=2, t=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 50257, (n, t), generator=g)
+
+
+def test_hf_to_ours_logits_and_loss_match(hf_tiny):
+    hf, path = hf_tiny
+    ours = GPT.from_pretrained(str(path)).eval()
+    x = tokens()
+    with torch.no_grad():
+        ref = hf(x, labels=x)
+        logits, loss = ours(x[:, :-1], x[:, 1:])
+    assert (ref.logits[:, :-1] - logits).abs().max() <= 1e-5
+    assert abs(ref.loss.item() - loss.item()) <= 1e-5
+
+
+def test_ours_to_hf_round_trip(hf_tiny, tmp_path):
+    _, path = hf_tiny
+    ours = GPT.from_pretrained(str(path)).eval()
+    ours.save_pretrained(str(tmp_path / "export"))
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
+    x = tokens()
+    with torch.no_grad():
+        assert (back(x).logits - ours(x)[0]).abs().max() <= 1e-5
+
+
+def test_padded_vocab_export_trims_rows(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, vocab_multiple=64)).eval()
+    assert model.lm_head.weight.shape[0] == 50304
+    model.save_pretrained(str(tmp_path))
+    back = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert back.config.vocab_size == 50257
+    x = tokens(t=16)
+    with torch.no_grad():
+        assert (back(x).logits - model(x)[0][..., :50257]).abs().max() <= 1e-5
+
+
+def test_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=64))
+    std_proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    std_fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(std_fc - 0.02) < 0.002
+    assert abs(std_proj - 0.02 / (2 * 8) ** 0.5) < 0.001
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_fused_cross_entropy_matches_plain_loss_and_grads():
+    torch.manual_seed(0)
+    x = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(100, 16, requires_grad=True)
+    t = torch.randint(0, 100, (37,))
+    t[3] = -1  # ignored position
+    ref = F.cross_entropy(x @ w.t(), t, ignore_index=-1)
+    gx, gw = torch.autograd.grad(ref, (x, w))
+    got = fused_linear_cross_entropy(x, w, t, chunk_tokens=8)
+    fx, fw = torch.autograd.grad(got * 1.0, (x, w))
+    assert abs(ref.item() - got.item()) < 1e-5
+    assert torch.allclose(gx, fx, atol=1e-6) and torch.allclose(gw, fw, atol=1e-6)
+
+
+def test_kv_cache_forward_equals_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    x = tokens(t=20)
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = model.new_cache(2)
+        a, _ = model(x[:, :7], cache=cache)  # prefill
+        b, _ = model(x[:, 7:12], cache=cache)  # several tokens at once, after a prefix
+        c = [model(x[:, i : i + 1], cache=cache)[0] for i in range(12, 20)]
+    assert torch.allclose(torch.cat([a, b, *c], dim=1), full, atol=1e-5)
+
+
+def test_not_gpt2_config_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    with pytest.raises(UserError, match="model_type"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_truncated_safetensors_is_refused(hf_tiny, tmp_path):
+    _, path = hf_tiny
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        GPT.from_pretrained(str(path))
+
+
+def test_missing_directory_is_refused(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        GPT.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_hub_id_offline_names_local_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="local directory"):
+        GPT.from_pretrained("gpt2")

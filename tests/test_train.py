@@ -1,0 +1,234 @@
+"""Training: schedule, decay groups, learning, end to end, exact resume after SIGKILL, DDP equivalence."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptscratch.cli import main
+from gptscratch.config import parse_overrides, resolve_config
+from gptscratch.errors import UserError
+from gptscratch.model import GPT, GPTConfig
+from gptscratch.optim import configure_optimizer, lr_at, param_groups
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--shuffle", "false"]
+
+
+def write_llmc_shard(path: Path, tokens: np.ndarray) -> None:
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = (20240520, 1, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.uint16).tobytes())
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """A directory of llm.c shards of random tokens: 20k train, 4k val."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "data"
+    d.mkdir()
+    # a low-entropy stream (tokens from a small set) so that a few steps visibly learn
+    write_llmc_shard(d / "tiny_train_000000.bin", rng.integers(0, 300, 20_000))
+    write_llmc_shard(d / "tiny_val_000000.bin", rng.integers(0, 300, 4_000))
+    return d
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def gptscratch(*args, env=None, **kw):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "gptscratch", *args], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_lr_schedule_by_hand():
+    args = dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=10, max_steps=110)
+    assert lr_at(0, **args) == pytest.approx(6e-5)  # warmup starts at max_lr / warmup_steps
+    assert lr_at(9, **args) == pytest.approx(6e-4)  # and ends at max_lr
+    assert lr_at(10, **args) == pytest.approx(6e-4)  # cosine starts at the top
+    assert lr_at(60, **args) == pytest.approx((6e-4 + 6e-5) / 2)  # half way down the cosine
+    assert lr_at(35, **args) == pytest.approx(6e-5 + 0.5 * (1 + math.cos(math.pi / 4)) * 5.4e-4)
+    assert lr_at(110, **args) == pytest.approx(6e-5)
+    assert lr_at(10_000, **args) == pytest.approx(6e-5)
+
+
+def test_weight_decay_only_on_2d_parameters():
+    model = GPT(GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.dim() == 1}
+    assert "transformer.wte.weight" in {names[id(p)] for p in decay["params"]}
+    total = sum(p.numel() for p in decay["params"] + no_decay["params"])
+    assert total == model.num_params()  # the tied head is not a second parameter
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=64))
+    opt = configure_optimizer(model, lr=3e-3, weight_decay=0.0)
+    x = torch.randint(0, 64, (4, 33))
+    first = None
+    for _ in range(150):
+        _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.5  # about ln(64) = 4.16 at init
+    assert loss.item() < 0.1
+
+
+def test_overrides_accept_dashes_and_underscores():
+    assert parse_overrides(["--max-steps", "20", "--max_steps=30", "--compile"]) == {"max_steps": 30, "compile": "true"}
+    assert parse_overrides(["--lr", "1e-3", "--shuffle", "false"]) == {"lr": 1e-3, "shuffle": False}
+    with pytest.raises(UserError, match="valid settings: .*--max-steps"):
+        parse_overrides(["--max-stepz", "3"])
+    with pytest.raises(UserError, match="valid presets: demo"):
+        resolve_config("gpt5")
+
+
+def test_presets_hold_the_gpt2_recipe():
+    cfg = resolve_config("gpt2-124m")
+    assert (cfg.batch_size, cfg.seq_len, cfg.total_batch_tokens) == (64, 1024, 524_288)
+    assert cfg.model_config().padded_vocab_size == 50304
+    assert (cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps) == (6e-4, pytest.approx(6e-5), 715, 19_073)
+    assert (cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, cfg.grad_clip) == (0.9, 0.95, 1e-8, 0.1, 1.0)
+    xl = resolve_config("gpt2-1558m")
+    assert (xl.n_layer, xl.n_embd, xl.lr, xl.total_batch_tokens) == (48, 1600, 2e-4, 1_048_576)
+
+
+def test_bad_settings_fail_with_one_line(shards, tmp_path, capsys):
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(tmp_path / "r"),
+                 "--total-batch-tokens", "1000"]) == 2
+    assert "not a multiple of batch_size * seq_len" in capsys.readouterr().err
+    assert main(["train", *TINY, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "gptscratch prepare" in capsys.readouterr().err
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "valid presets" in capsys.readouterr().err
+
+
+def test_train_end_to_end(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(out), "--max-steps", "12",
+                 "--eval-interval", "6", "--ckpt-interval", "6", "--lr", "3e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert "--- sample 1 ---" in printed and "gptscratch sample --ckpt" in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["max_steps"] == 12 and cfg["preset"] == "tiny"
+    rows = read_metrics(out)
+    losses = train_losses(out)
+    assert sorted(losses) == list(range(12))
+    assert [r["step"] for r in rows if "val_loss" in r] == [0, 6, 11]
+    assert losses[11] < losses[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000006", "step_000012"]
+    assert (out / "loss.png").stat().st_size > 1000
+    # the checkpoint samples and exports to a directory transformers loads
+    from transformers import GPT2LMHeadModel
+
+    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf")]) == 0
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    assert hf.config.n_layer == 2
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(out), "--prompt", "Hello", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+
+
+def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
+    common = [*TINY, "--data", str(shards), "--max-steps", "16", "--ckpt-interval", "4", "--eval-interval", "8"]
+    ref = tmp_path / "ref"
+    p = gptscratch("train", *common, "--out", str(ref))
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    run = tmp_path / "killed"
+    p = gptscratch("train", *common, "--out", str(run), env={"GPTSCRATCH_TEST_STEP_DELAY": "0.3"})
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_000008").exists():
+        assert p.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "checkpoints" / "step_000016").exists()
+    killed_at = max(train_losses(run))
+    assert killed_at < 15
+    p = gptscratch("train", *common, "--out", str(run), "--resume")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert train_losses(run) == train_losses(ref)  # bit-identical, step for step
+    assert [r for r in read_metrics(run) if "val_loss" in r] == [r for r in read_metrics(ref) if "val_loss" in r]
+
+
+def test_kill_during_checkpoint_write_keeps_previous(shards, tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "--data", str(shards), "--out", str(run), "--max-steps", "8", "--ckpt-interval", "4"]
+    p = gptscratch("train", *args, env={"GPTSCRATCH_TEST_CKPT_DELAY": "2"})
+    ckpts = run / "checkpoints"
+    deadline = time.time() + 120
+    # the first write completes after its delay; kill the second while it is half written
+    while not ((ckpts / "step_000004").exists() and any(ckpts.glob(".tmp-step_000008*"))):
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    from gptscratch.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run)
+    assert saved.step == 4
+    saved.load_model()  # the weights are complete
+    # and a resumed run finishes from it
+    p = gptscratch("train", *args, "--resume")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert load_checkpoint(run).step == 8
+
+
+def test_checkpoint_of_another_shape_is_refused(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "4", "--resume",
+                 "--n-embd", "64"]) == 2
+    assert "n_embd: checkpoint 32, run 64" in capsys.readouterr().err
+    (run / "checkpoints" / "step_000002" / "model.safetensors").write_bytes(b"garbage")
+    assert main(["sample", "--ckpt", str(run), "--device", "cpu"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):
+    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32", "--total-batch-tokens", "128",
+              "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
+    single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # torchrun's --master_port=0 does not pick a free port for us
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "gptscratch", "train", *common, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    from gptscratch.checkpoint import load_model
+
+    a = load_model(tmp_path / "one").state_dict()
+    b = load_model(tmp_path / "two").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert train_losses(tmp_path / "one").keys() == train_losses(tmp_path / "two").keys()
+    for s, loss in train_losses(tmp_path / "one").items():
+        assert train_losses(tmp_path / "two")[s] == pytest.approx(loss, abs=1e-5)
