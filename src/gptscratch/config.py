@@ -60,6 +60,9 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
     compile: str = "auto"  # auto: on for CUDA, off elsewhere; or true/false
     shuffle: bool = True  # reshuffle shard order every epoch
+    # auto: the chunked LM head + cross-entropy (never holds full logits) on CPUs, where it is faster;
+    # full logits on CUDA, where compiled full logits measured 2% faster on an H100 (benchmarks/RESULTS.md)
+    loss_impl: str = "auto"
 
     def model_config(self) -> GPTConfig:
         return GPTConfig(
@@ -94,8 +97,8 @@ PRESETS: dict[str, dict] = {
     # A few minutes on 2 CPU cores: a falling loss and word-like Shakespeare (measured, see README).
     "demo": dict(
         n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
-        warmup_steps=30, max_steps=600, eval_interval=100, eval_batches=8, ckpt_interval=200,
-        sample_prompt="\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
+        warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
+        sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
     ),
     # Seconds: for tests and for trying flags.
     "tiny": dict(
@@ -190,6 +193,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
     if cfg.dtype not in ("auto", "float32", "bf16"):
         raise UserError(f"--dtype {cfg.dtype!r}: expected auto, float32 or bf16")
+    if cfg.loss_impl not in ("auto", "chunked", "full"):
+        raise UserError(f"--loss-impl {cfg.loss_impl!r}: expected auto, chunked or full")
     if cfg.compile not in ("auto", "true", "false"):
         raise UserError(f"--compile {cfg.compile!r}: expected auto, true or false")
     if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -80,6 +81,10 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
+
+
+def chunked_loss(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.loss_impl == "chunked" or (cfg.loss_impl == "auto" and device.type != "cuda")
 
 
 def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -258,6 +263,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any float32 matmul left outside autocast
         torch.backends.cudnn.allow_tf32 = True
     amp = autocast_dtype(cfg, device)
+    chunked = chunked_loss(cfg, device)
     hellaswag = load_hellaswag(cfg)
     train_loader, val_loader = open_data(cfg, d, accum)
 
@@ -345,7 +351,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                     sync = model.no_sync() if d.enabled and micro < accum - 1 else contextlib.nullcontext()
                     with sync:
                         with autocast(device, amp):
-                            _, loss = model(x, y, return_logits=False)
+                            _, loss = model(x, y, return_logits=not chunked)
                         loss = loss / accum
                         loss_sum += loss.detach()
                         loss.backward()
@@ -438,9 +444,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     run_dir = result["run_dir"]
     plot = f", plot {result['plot']}" if result.get("plot") else ""
-    print(f"done: {result['step']} steps, val loss {result['val_loss']:.4f}. Checkpoint {result.get('checkpoint')}, "
-          f"metrics {run_dir}/metrics.jsonl{plot}. Sample with: gptscratch sample --ckpt {run_dir} --prompt 'ROMEO:'"
-          if result["val_loss"] is not None else f"done: {result['step']} steps in {run_dir}")
+    val = f", val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else ""
+    prompt = cfg.sample_prompt.strip().splitlines()[0] if cfg.sample_prompt.strip() else ""
+    prompt = f" --prompt {shlex.quote(prompt)}" if prompt and prompt != "<|endoftext|>" else ""
+    print(f"done: {result['step']} steps{val}. Checkpoint {result.get('checkpoint')}, metrics {run_dir}/metrics.jsonl"
+          f"{plot}. Sample with: gptscratch sample --ckpt {run_dir}{prompt}")
     return 0
 
 
