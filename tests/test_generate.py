@@ -1,6 +1,5 @@
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
 
 from gptscratch.errors import UserError
 from gptscratch.generate import filter_logits, generate, generate_many
@@ -83,7 +82,7 @@ def test_padded_vocab_rows_are_never_sampled():
 def test_batches_of_prompts_of_different_lengths(tiny):
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
     got = generate_many(tiny, prompts, 6, temperature=0.0)
-    for p, g in zip(prompts, got):
+    for p, g in zip(prompts, got, strict=True):
         assert g == generate(tiny, torch.tensor([p]), 6, temperature=0.0)[0].tolist()
 
 

@@ -210,7 +210,8 @@ def test_checkpoint_of_another_shape_is_refused(shards, tmp_path, capsys):
 
 
 def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):
-    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32", "--total-batch-tokens", "128",
+    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32",
+              "--total-batch-tokens", "128",
               "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
     single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
     assert single.wait(timeout=300) == 0, single.stderr.read()

@@ -69,7 +69,9 @@ class Checkpoint:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise UserError(f"{path}: cannot be loaded ({type(e).__name__}); truncated or not a gptscratch checkpoint") from None
+            raise UserError(
+                f"{path}: cannot be loaded ({type(e).__name__}); truncated or not a gptscratch checkpoint"
+            ) from None
 
     def rng_state(self, rank: int) -> dict:
         path = self.path / f"rng_rank{rank}.pt"
@@ -92,7 +94,9 @@ def load_weights(model: GPT, path: Path) -> None:
         raise UserError(f"{path}: its weights are not those of a gptscratch GPT of this shape")
     for k, v in sd.items():
         if v.shape != expected[k].shape:
-            raise UserError(f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+            raise UserError(
+                f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}"
+            )
     model.load_state_dict({**sd, "lm_head.weight": sd["transformer.wte.weight"]})
 
 

@@ -67,7 +67,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # tokens can split a multi-byte character: decode bytes incrementally
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-        def stream(tok: torch.Tensor) -> None:
+        def stream(tok: torch.Tensor, decoder=decoder) -> None:
             t = int(tok[0])
             if t != EOT_TOKEN:
                 out.write(decoder.decode(enc.decode_single_token_bytes(t)))

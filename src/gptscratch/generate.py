@@ -8,7 +8,7 @@ and no slower than the uncached loop).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -84,9 +84,13 @@ def _resolve(path_or_id: str) -> Path:
         return path
     if path.exists():
         raise UserError(f"{path}: expected a directory holding config.json and model.safetensors")
-    looks_like_hub_id = path_or_id in HUB_IDS or (path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/")))
+    looks_like_hub_id = path_or_id in HUB_IDS or (
+        path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/"))
+    )
     if not looks_like_hub_id:
-        raise UserError(f"{path}: no such directory (expected config.json + model.safetensors, or a hub id like 'gpt2')")
+        raise UserError(
+            f"{path}: no such directory (expected config.json + model.safetensors, or a hub id like 'gpt2')"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -151,7 +155,9 @@ def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
         if name == "transformer.wte.weight":
             target = target[: config.vocab_size]  # padded rows keep their init
         if tensor.shape != target.shape:
-            raise UserError(f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+            raise UserError(
+                f"{directory}: weight {key!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+            )
         with torch.no_grad():
             target.copy_(tensor)
         loaded.add(name)

