@@ -30,8 +30,8 @@ PYEOF
 if [ "${1:-}" = "--dry-run" ]; then
   ARGS=(--preset tiny --device cpu --max-steps 6 --eval-interval 3 --hellaswag-interval 3 --ckpt-interval 3)
 else
-  ARGS=(--preset gpt2-124m --max-steps 40 --batch-size 32 --total-batch-tokens 65536 --warmup-steps 5
-        --eval-interval 20 --eval-batches 4 --hellaswag-interval 20 --ckpt-interval 20 --sample-tokens 24)
+  ARGS=(--preset gpt2-124m --max-steps 30 --batch-size 64 --total-batch-tokens 131072 --warmup-steps 5
+        --eval-interval 15 --eval-batches 4 --hellaswag-interval 15 --ckpt-interval 15 --sample-tokens 24)
 fi
 "$PY" -m gptscratch train "${ARGS[@]}" --data "$WORK" --out "$RUN" --hellaswag-file "$WORK/hellaswag.jsonl" \
   --sample-prompt "Hello" --keep 1

@@ -251,6 +251,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
+        all_valid = bool(valid.all())
         for i in range(0, n, chunk):
             xs, ts = x[i : i + chunk], targets[i : i + chunk]
             logits = (xs @ weight.t()).float()
@@ -259,10 +260,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
             mask = valid[i : i + chunk]
             total += ((lse - target_logit) * mask).sum()
-            # d(loss)/d(logits) = softmax - onehot, for valid rows only (the 1/count comes later)
-            grad = torch.exp(logits.sub_(lse[:, None]))
+            # d(loss)/d(logits) = softmax - onehot, for valid rows only (the 1/count comes later);
+            # computed in place, since the chunk's logits are not needed any more
+            grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(grad.size(0), device=grad.device), safe_t] -= 1.0
-            grad *= mask[:, None]
+            if not all_valid:
+                grad *= mask[:, None]
             grad = grad.to(x.dtype)
             grad_x[i : i + chunk] = grad @ weight
             grad_w += (grad.t() @ xs).float()
@@ -300,8 +303,16 @@ def fused_linear_cross_entropy(
         x2 = x2.to(weight.dtype)
     # At most 8 chunks: torch.compile unrolls the loop, and its compile time grows with every chunk.
     chunk = max(chunk_tokens, -(-x2.size(0) // 8))
+    targets = targets.reshape(-1)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk)
+        if torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad):
+            return _FusedLinearCrossEntropy.apply(x2, weight, targets, chunk)
+        # evaluation: the same loss, without computing gradients nobody will use
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for i in range(0, x2.size(0), chunk):
+            logits = (x2[i : i + chunk] @ weight.t()).float()
+            total += F.cross_entropy(logits, targets[i : i + chunk], ignore_index=-1, reduction="sum")
+        return total / (targets != -1).sum().clamp(min=1)
 
 
 def flops_per_token(config: GPTConfig, seq_len: int, n_params: int) -> float:

@@ -117,8 +117,7 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and path.exists():
             # drop what the interrupted run logged after its checkpoint: the resumed run logs it again
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln).get("step", 0) < resume_step]
+            keep = [ln for ln in path.read_text().splitlines() if _step_of(ln) < resume_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in keep))
             os.replace(tmp, path)
@@ -129,6 +128,14 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill counts as after any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class StopRequested:
@@ -186,7 +193,7 @@ def samples(model: GPT, cfg: TrainConfig, device) -> list[str]:
     return [enc.decode([t for t in row if t < enc.n_vocab]) for row in out.tolist()]
 
 
-def open_data(cfg: TrainConfig, d: Dist, accum: int):
+def open_data(cfg: TrainConfig, d: Dist):
     from gptscratch.data.loader import TokenLoader
 
     data = Path(cfg.data)
@@ -276,7 +283,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     amp = autocast_dtype(cfg, device)
     chunked = chunked_loss(cfg, device)
     hellaswag = load_hellaswag(cfg)
-    train_loader, val_loader = open_data(cfg, d, accum)
+    train_loader, val_loader = open_data(cfg, d)
 
     model = build_model(cfg)
     if saved is not None:
@@ -442,13 +449,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     preset = args.preset
     resume = args.resume
+    source = None
     if resume:
-        # continue the run as it was configured; explicit overrides still win (e.g. a longer --max-steps)
         run_dir = Path(overrides.get("out") or f"runs/{preset or 'demo'}")
-        source = ckpt.find_checkpoint(run_dir if resume == "latest" else resume)
+        try:
+            source = ckpt.find_checkpoint(run_dir if resume == "latest" else resume)
+        except UserError:
+            if resume != "latest":
+                raise
+            # nothing saved yet: start fresh, so a preemptible job can always be launched with --resume
+            print(f"gptscratch train: no checkpoint in {run_dir} yet, starting a new run", file=sys.stderr)
+    if source is not None:
+        # continue the run as it was configured; explicit overrides still win (e.g. a longer --max-steps)
         saved_cfg = ckpt.load_checkpoint(source).config
         cfg = config_from_dict({**saved_cfg, **overrides})
         validate(cfg)
+        resume = str(source)
     else:
         cfg = resolve_config(preset or "demo", overrides)
     result = train(cfg, resume=resume)
