@@ -146,7 +146,15 @@ def test_train_end_to_end(shards, tmp_path, capsys):
     assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "hf")]) == 0
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     assert hf.config.n_layer == 2
+    # HellaSwag on the checkpoint, in the official jsonl schema
+    rows = [{"ind": i, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat",
+             "split": "val", "split_type": "indomain", "label": i % 4, "endings": ["on the mat.", "down.", "up.", "x"],
+             "source_id": "s"} for i in range(3)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     capsys.readouterr()
+    assert main(["eval", "hellaswag", "--ckpt", str(out), "--file", str(tmp_path / "hs.jsonl"), "--json",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
     assert main(["sample", "--ckpt", str(out), "--prompt", "Hello", "--max-new-tokens", "5", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("Hello")
 
