@@ -94,8 +94,11 @@ def _gpt3(n_layer: int, n_head: int, n_embd: int, lr: float, total: int, micro: 
 
 
 PRESETS: dict[str, dict] = {
-    # A few minutes on 2 CPU cores: a falling loss and word-like Shakespeare (measured, see README).
+    # About 5 minutes on 2 CPU cores: a falling loss and word-like Shakespeare. float32, because at this
+    # width bf16 autocast measured 25% slower on an AVX512-BF16 CPU for the same loss curve
+    # (benchmarks/RESULTS.md, "demo: bf16 against float32").
     "demo": dict(
+        dtype="float32",
         n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
         warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
         sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,

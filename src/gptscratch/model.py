@@ -249,7 +249,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         valid = targets != -1
         count = valid.sum().clamp(min=1)
         grad_x = torch.empty_like(x)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_w = None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         all_valid = bool(valid.all())
         for i in range(0, n, chunk):
@@ -268,7 +268,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad *= mask[:, None]
             grad = grad.to(x.dtype)
             grad_x[i : i + chunk] = grad @ weight
-            grad_w += (grad.t() @ xs).float()
+            part = grad.t() @ xs
+            if grad_w is None:  # the usual case on a CPU: one chunk, nothing to accumulate
+                grad_w = part
+            else:  # sum the chunks in float32; a bf16 part adds in without a float copy of its own
+                grad_w = grad_w if grad_w.dtype == torch.float32 else grad_w.float()
+                grad_w += part
         ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), count)
         return total / count
 
