@@ -160,7 +160,8 @@ def test_train_end_to_end(shards, tmp_path, capsys):
 
 
 def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
-    common = [*TINY, "--data", str(shards), "--max-steps", "16", "--ckpt-interval", "4", "--eval-interval", "8"]
+    common = [*TINY, "--data", str(shards), "--max-steps", "16", "--ckpt-interval", "4", "--eval-interval", "8",
+              "--dtype", "float32"]  # exactness is promised for float32 on a CPU
     ref = tmp_path / "ref"
     p = gptscratch("train", *common, "--out", str(ref))
     assert p.wait(timeout=300) == 0, p.stderr.read()

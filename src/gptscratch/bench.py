@@ -988,14 +988,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptscratch.bench", description=__doc__.splitlines()[0])
     add_commands(parser.add_subparsers(dest="bench_command", metavar="BENCH"))
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"bench {args.bench_command}: error: {e}", file=sys.stderr)
-        return 2
+    from gptscratch.cli import dispatch  # argparse and the error type only: no other module is imported
+
+    return dispatch(parser, args, f"bench {args.bench_command}")
 
 
 if __name__ == "__main__":

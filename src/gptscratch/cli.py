@@ -131,16 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     if extras and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     args.overrides = extras
+    return dispatch(parser, args, f"gptscratch {args.command}")
+
+
+def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> int:
+    """Run the chosen command; a UserError becomes one line on stderr and exit code 2."""
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"gptscratch {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gptscratch {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -103,8 +103,10 @@ PRESETS: dict[str, dict] = {
         warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
         sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
     ),
-    # Seconds: for tests and for trying flags.
+    # Seconds: for tests and for trying flags. float32: bit-for-bit repeatable on a CPU (bf16 autocast
+    # on a CPU is not always: oneDNN may pick a different bf16 kernel in another process).
     "tiny": dict(
+        dtype="float32",
         n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_size=4, total_batch_tokens=0, lr=1e-3,
         warmup_steps=2, max_steps=20, eval_interval=10, eval_batches=2, ckpt_interval=10,
         num_samples=1, sample_tokens=8,
