@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -489,7 +490,9 @@ def register(sub) -> None:
             "Train a GPT-2. Every setting of the training config can be overridden as --key value "
             f"(dashes or underscores). Presets: {', '.join(PRESETS)}. Under torchrun it runs DDP."
         ),
-        epilog="Example: gptscratch train --preset gpt2-124m --data data/fineweb-edu --max-steps 100",
+        epilog="settings (defaults before a preset applies): "
+        + ", ".join(f"--{f.name.replace('_', '-')} {f.default!r}" for f in dataclasses.fields(TrainConfig))
+        + ".  Example: gptscratch train --preset gpt2-124m --data data/fineweb-edu --max-steps 100",
     )
     p.add_argument("--preset", default=None, help="named config (default demo)")
     p.add_argument("--data", default=None, help=f"token shard directory (default {DEFAULT_DATA})")
