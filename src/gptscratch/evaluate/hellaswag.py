@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptscratch.errors import UserError
+from gptscratch.paths import cache_dir
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 # Lines in each official file, checked after download. The test split has no labels, so it is not here.
@@ -58,15 +59,6 @@ class Example:
 
 
 # --- the data file -------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """$GPTSCRATCH_CACHE, else $XDG_CACHE_HOME/gptscratch, else ~/.cache/gptscratch."""
-    if os.environ.get("GPTSCRATCH_CACHE"):
-        return Path(os.environ["GPTSCRATCH_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "gptscratch"
-    return Path.home() / ".cache" / "gptscratch"
 
 
 def default_file(split: str = "val") -> Path:
