@@ -42,6 +42,14 @@ def _is_fineweb_edu(run_dir: Path) -> bool:
     return "fineweb" in (data + source).lower() and "edu" in (data + source).lower()
 
 
+def _finish_panel(ax, title: str, ylabel: str) -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     import matplotlib
 
@@ -61,11 +69,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
                 ax.plot(*zip(*val, strict=True), "o-", color=line.get_color(), label=f"{run_dir.name} val")
     if any(_is_fineweb_edu(r) for r, _ in runs):
         ax.axhline(GPT2_124M_FINEWEB_EDU_VAL_LOSS, color="red", ls="--", label="OpenAI GPT-2 124M val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    _finish_panel(ax, "loss", "loss")
     if has_hs:
         ax = axes[0][1]
         for run_dir, rows in runs:
@@ -73,11 +77,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
             if hs:
                 ax.plot(*zip(*hs, strict=True), "o-", label=run_dir.name)
         ax.axhline(GPT2_124M_HELLASWAG_ACC_NORM, color="red", ls="--", label="OpenAI GPT-2 124M")
-        ax.set_xlabel("step")
-        ax.set_ylabel("acc_norm")
-        ax.set_title("HellaSwag")
-        ax.legend()
-        ax.grid(alpha=0.3)
+        _finish_panel(ax, "HellaSwag", "acc_norm")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
