@@ -91,3 +91,17 @@ def test_bad_sampling_arguments(tiny):
         generate(tiny, prompt(), 2, top_p=1.5)
     with pytest.raises(UserError, match="no tokens"):
         generate(tiny, torch.zeros(1, 0, dtype=torch.long), 2)
+
+
+def test_top_k_sampling_follows_the_renormalised_distribution():
+    from gptscratch.generate import next_token
+
+    probs = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])
+    logits = probs.log().expand(20000, 5)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(next_token(logits, 1.0, 3, None, g), minlength=5).float() / 20000
+    expected = torch.tensor([0.0, 0.4, 0.0, 0.3, 0.15]) / 0.85  # the 3 most likely, renormalised
+    assert (counts - expected).abs().max() < 0.015
+    # with top-p on top: of those 3, the nucleus of mass 0.8 is {1, 3} (0.47 + 0.35 = 0.82 >= 0.8)
+    counts = torch.bincount(next_token(logits, 1.0, 3, 0.8, g), minlength=5).float() / 20000
+    assert (counts - torch.tensor([0.0, 0.4, 0.0, 0.3, 0.0]) / 0.7).abs().max() < 0.015

