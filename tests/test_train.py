@@ -242,3 +242,10 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path)
     assert train_losses(tmp_path / "one").keys() == train_losses(tmp_path / "two").keys()
     for s, loss in train_losses(tmp_path / "one").items():
         assert train_losses(tmp_path / "two")[s] == pytest.approx(loss, abs=1e-5)
+
+
+def test_keep_holds_only_the_newest_checkpoints(shards, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "8", "--ckpt-interval", "2",
+                 "--keep", "2", "--eval-interval", "0", "--sample-tokens", "1"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000006", "step_000008"]
