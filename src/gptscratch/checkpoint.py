@@ -82,13 +82,9 @@ class Checkpoint:
 
 
 def load_weights(model: GPT, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from gptscratch.hf import read_safetensors
 
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
+    sd = read_safetensors(path)
     expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     if set(sd) != set(expected):
         raise UserError(f"{path}: its weights are not those of a gptscratch GPT of this shape")

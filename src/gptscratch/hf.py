@@ -108,16 +108,21 @@ def _resolve(path_or_id: str) -> Path:
     return Path(local)
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a UserError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
+
+
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     st = directory / "model.safetensors"
     if st.exists():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(st))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"{st}: not a readable safetensors file, truncated or corrupt ({e})") from None
+        return read_safetensors(st)
     bin_path = directory / "pytorch_model.bin"
     if bin_path.exists():
         try:

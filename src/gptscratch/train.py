@@ -251,7 +251,7 @@ def check_resume_shape(model: GPT, saved: ckpt.Checkpoint) -> None:
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
-    """Train per `cfg`; `resume` is a checkpoint path, "latest" (this run's newest) or None."""
+    """Train per `cfg`; `resume` is a checkpoint (a step, checkpoints/ or run directory) or None."""
     validate(cfg)
     d, device = init_distributed(cfg.device)
     try:
@@ -264,18 +264,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) -> dict:
     run_dir = Path(cfg.run_dir())
     ckpt_dir = run_dir / "checkpoints"
-    saved = None
-    if resume:
-        try:
-            saved = ckpt.load_checkpoint(ckpt_dir if resume == "latest" else resume)
-        except UserError:
-            if resume != "latest":
-                raise
-            saved = None  # nothing to resume yet: start fresh
-        if saved is not None and saved.world_size != d.world_size and d.master:
-            print(f"gptscratch train: {saved.path} was saved by {saved.world_size} process(es), resumed with "
-                  f"{d.world_size}: the data position carries over, but the run is not bit-identical to an "
-                  "uninterrupted one", file=sys.stderr)
+    saved = ckpt.load_checkpoint(resume) if resume else None
+    if saved is not None and saved.world_size != d.world_size and d.master:
+        print(f"gptscratch train: {saved.path} was saved by {saved.world_size} process(es), resumed with "
+              f"{d.world_size}: the data position carries over, but the run is not bit-identical to an "
+              "uninterrupted one", file=sys.stderr)
     accum = grad_accum_steps(cfg, d.world_size)  # fails before any work when the batch cannot divide
     torch.manual_seed(cfg.seed + d.rank)
     if device.type == "cuda":
@@ -316,7 +309,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     flops = flops_per_token(raw_model.config, cfg.seq_len, raw_model.num_params())
     from gptscratch.mfu import peak_flops
 
-    peak = peak_flops(device) if device.type == "cuda" else None
+    peak = peak_flops(device)  # None on a CPU, MPS or an unknown GPU
     if d.master:
         print(f"gptscratch train: {raw_model.num_params() / 1e6:.2f}M parameters on {device}"
               f"{' x' + str(d.world_size) if d.enabled else ''}, {amp or torch.float32} compute, "
@@ -341,7 +334,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not d.master, desc="train", unit="step",
                dynamic_ncols=True, file=sys.stderr)
     last_val = None
-    result: dict = {"run_dir": str(run_dir), "losses": {}}
+    result: dict = {"run_dir": str(run_dir)}
     step_delay = float(os.environ.get("GPTSCRATCH_TEST_STEP_DELAY", "0"))  # tests kill a run mid-way
     step = start
     with StopRequested() as stop:
@@ -402,7 +395,6 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                 record["mfu"] = round(tok_s * flops / (peak * d.world_size), 4)
             if step % cfg.log_interval == 0 or last_step:
                 log.write(**record)
-            result["losses"][step] = loss_value
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             bar.update(1)
@@ -449,14 +441,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     preset = args.preset
-    resume = args.resume
     source = None
-    if resume:
+    if args.resume:
         run_dir = Path(overrides.get("out") or f"runs/{preset or 'demo'}")
         try:
-            source = ckpt.find_checkpoint(run_dir if resume == "latest" else resume)
+            source = ckpt.find_checkpoint(run_dir if args.resume == "latest" else args.resume)
         except UserError:
-            if resume != "latest":
+            if args.resume != "latest":
                 raise
             # nothing saved yet: start fresh, so a preemptible job can always be launched with --resume
             print(f"gptscratch train: no checkpoint in {run_dir} yet, starting a new run", file=sys.stderr)
@@ -465,10 +456,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved_cfg = ckpt.load_checkpoint(source).config
         cfg = config_from_dict({**saved_cfg, **overrides})
         validate(cfg)
-        resume = str(source)
     else:
         cfg = resolve_config(preset or "demo", overrides)
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=str(source) if source is not None else None)
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0
     run_dir = result["run_dir"]
