@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu_train_check.sh --dry-run   # the tiny preset on the CPU, seconds
 #   bash benchmarks/gpu_train_check.sh             # on the GPU machine (about 2 minutes, compile included)
+#   bash benchmarks/gpu_train_check.sh --compile-mode max-autotune-no-cudagraphs   # extra train flags
 # Copies the run's metrics.jsonl and loss.png to $OUT when it is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,14 +28,15 @@ with open(f"{work}/hellaswag.jsonl", "w") as f:
                             "label": i % 4, "endings": [f"bar {i}", "shop and buys bread", "park.", "house " * (1 + i % 5)],
                             "source_id": "gen"}) + "\n")
 PYEOF
-if [ "${1:-}" = "--dry-run" ]; then
+DRY=0; [ "${1:-}" = "--dry-run" ] && DRY=1 && shift
+if [ "$DRY" = 1 ]; then
   ARGS=(--preset tiny --device cpu --max-steps 6 --eval-interval 3 --hellaswag-interval 3 --ckpt-interval 3)
 else
   ARGS=(--preset gpt2-124m --max-steps 30 --batch-size 64 --total-batch-tokens 131072 --warmup-steps 5
         --eval-interval 15 --eval-batches 4 --hellaswag-interval 15 --ckpt-interval 15 --sample-tokens 24)
 fi
 "$PY" -m gptscratch train "${ARGS[@]}" --data "$WORK" --out "$RUN" --hellaswag-file "$WORK/hellaswag.jsonl" \
-  --sample-prompt "Hello" --keep 1
+  --sample-prompt "Hello" --keep 1 "$@"
 "$PY" - "$RUN" <<'PYEOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl") if l.strip()]

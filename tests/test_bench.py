@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +87,28 @@ def test_bench_gpu_dry_run_survives_oom_and_writes_summary(tmp_path, capsys):
     assert sections["train_gpt2_124m"]["shape"]["batch_size"] == 2
     assert sections["matmul_peak"]["tflops"] > 0 and sections["copy_bandwidth"]["gb_per_s"] > 0
     assert last_json(out)["bench"] == "gpu"
+
+
+def run_gpu_ab(*args, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OUT": str(tmp_path)}
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_ab.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_ab_dry_run_times_every_variant(tmp_path):
+    # compile is left out here (inductor on 2 cores is slow); the GPU run compiles every variant
+    p = run_gpu_ab("--dry-run", "--no-compile", "--variants", "full,chunked+cudnn", "--repeats", "2",
+                   "--steps", "1", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    result = last_json(p.stdout)
+    assert json.loads((tmp_path / "gpu_ab.json").read_text()) == result
+    assert set(result["variants"]) == {"full", "chunked+cudnn"} and result["best"] in result["variants"]
+    full, chunked = result["variants"]["full"], result["variants"]["chunked+cudnn"]
+    assert len(full["all"]) == 2 and full["tokens_per_s"] > 0 and chunked["tokens_per_s"] > 0
+    assert abs(full["loss"] - chunked["loss"]) < 1e-3  # same weights, same batch, two loss paths
+    bad = run_gpu_ab("--dry-run", "--variants", "full+turbo", tmp_path=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'turbo'" in bad.stderr
 
 
 def test_bench_rejects_bad_shapes(capsys):

@@ -73,6 +73,28 @@ def test_fused_cross_entropy_matches_plain_loss_and_grads():
         assert abs(fused_linear_cross_entropy(x, w, t, chunk_tokens=8).item() - ref.item()) < 1e-5
 
 
+def test_chunked_loss_compiles_to_one_graph_with_the_same_grads():
+    # a data-dependent branch in the loss (say `if mask.all()`) would split torch.compile's graph and
+    # sync the device every step; aot_eager traces forward and backward without the slow code generation
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    x, y = tokens(t=12) % 50, tokens(t=12, seed=2) % 50
+    y[0, 3] = -1
+
+    def loss_of(m):
+        return m(x, y, return_logits=False)[1]
+
+    explained = torch._dynamo.explain(loss_of)(model)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    ref = loss_of(model)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    torch._dynamo.reset()
+    got = torch.compile(loss_of, backend="aot_eager")(model)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    assert abs(ref.item() - got.item()) < 1e-6
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ref_grads, got_grads, strict=True))
+
+
 def test_kv_cache_forward_equals_full_forward():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()

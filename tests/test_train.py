@@ -123,6 +123,35 @@ def test_bad_settings_fail_with_one_line(shards, tmp_path, capsys):
     assert "gptscratch prepare" in capsys.readouterr().err
     assert main(["train", "--preset", "nope"]) == 2
     assert "valid presets" in capsys.readouterr().err
+    assert main(["train", *TINY, "--data", str(shards), "--compile-mode", "fastest"]) == 2
+    assert "--compile-mode 'fastest': expected one of default, max-autotune-no-cudagraphs" in capsys.readouterr().err
+    assert main(["train", *TINY, "--data", str(shards), "--attention", "cudnn"]) == 2
+    assert "--attention cudnn: that kernel runs on CUDA only" in capsys.readouterr().err
+
+
+def test_compile_mode_and_attention_reach_the_step(shards, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    seen, math_only = [], []
+
+    def fake_compile(model, **kwargs):  # inductor's CPU code generation is too slow for a unit test
+        seen.append(kwargs)
+        return model
+
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy_sdpa(*args, **kwargs):  # in a training step (grad on), only the math kernel may be enabled
+        if torch.is_grad_enabled():
+            math_only.append(torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled())
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy_sdpa)
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(tmp_path / "r"), "--max-steps", "1",
+                 "--eval-interval", "0", "--compile", "--compile-mode",
+                 "max-autotune-no-cudagraphs", "--attention", "math"]) == 0
+    assert seen == [{"mode": "max-autotune-no-cudagraphs"}]
+    assert math_only and all(math_only)
 
 
 def test_train_end_to_end(shards, tmp_path, capsys):

@@ -7,6 +7,7 @@ import types
 import typing
 from dataclasses import dataclass
 
+from gptscratch.device import ATTENTION_BACKENDS
 from gptscratch.errors import UserError
 from gptscratch.model import GPTConfig
 
@@ -59,6 +60,10 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
     compile: str = "auto"  # auto: on for CUDA, off elsewhere; or true/false
+    # torch.compile's mode: default, max-autotune-no-cudagraphs (searches matmul kernels: slower to compile),
+    # max-autotune or reduce-overhead (both add CUDA graphs; single process, no DDP)
+    compile_mode: str = "default"
+    attention: str = "auto"  # the SDPA kernel for training: auto (torch picks), flash, cudnn, efficient or math
     shuffle: bool = True  # reshuffle shard order every epoch
     # auto: the chunked LM head + cross-entropy (never holds full logits) on CPUs, where it is faster;
     # full logits on CUDA, where compiled full logits measured 2% faster on an H100 (benchmarks/RESULTS.md)
@@ -189,6 +194,9 @@ def config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**d)
 
 
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+
+
 def validate(cfg: TrainConfig) -> None:
     cfg.model_config().validate()
     for name in ("batch_size", "seq_len", "max_steps"):
@@ -202,6 +210,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--loss-impl {cfg.loss_impl!r}: expected auto, chunked or full")
     if cfg.compile not in ("auto", "true", "false"):
         raise UserError(f"--compile {cfg.compile!r}: expected auto, true or false")
+    if cfg.attention not in ATTENTION_BACKENDS:
+        raise UserError(f"--attention {cfg.attention!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile-mode {cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:
         raise UserError("--lr must be positive and --min-lr-ratio within [0, 1]")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from gptscratch.errors import UserError
@@ -38,3 +40,25 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def attention_backend(name: str, device: torch.device):
+    """A context that limits F.scaled_dot_product_attention to one kernel; 'auto' lets torch choose.
+
+    torch's own pick is usually right, but which kernel is fastest differs by card and torch version (on an
+    H100, cuDNN's attention can beat FlashAttention-2), so `benchmarks/gpu_ab.py` measures it.
+    """
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name not in ATTENTION_BACKENDS:
+        raise UserError(f"--attention {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+    if name in ("cudnn", "efficient") and device.type != "cuda":
+        raise UserError(f"--attention {name}: that kernel runs on CUDA only; use auto, flash or math on {device.type}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel(backends[name])

@@ -33,7 +33,7 @@ from gptscratch.config import (
     resolve_config,
     validate,
 )
-from gptscratch.device import cpu_has_bf16, pick_device
+from gptscratch.device import attention_backend, cpu_has_bf16, pick_device
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, flops_per_token
 from gptscratch.optim import configure_optimizer, lr_at
@@ -276,6 +276,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         torch.backends.cudnn.allow_tf32 = True
     amp = autocast_dtype(cfg, device)
     chunked = chunked_loss(cfg, device)
+    attention_backend(cfg.attention, device)  # fails here, before any work, on a kernel this device lacks
     hellaswag = load_hellaswag(cfg)
     train_loader, val_loader = open_data(cfg, d)
 
@@ -293,7 +294,10 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         ckpt.set_rng_state(saved.rng_state(min(d.rank, saved.world_size - 1)))
         start = saved.step
     if use_compile(cfg, device):
-        model = torch.compile(model)
+        if d.enabled and cfg.compile_mode in ("max-autotune", "reduce-overhead"):
+            raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
+                            "combine with DDP: use default or max-autotune-no-cudagraphs with torchrun")
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -361,7 +365,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     # gradients are all-reduced once, on the last micro-step
                     sync = model.no_sync() if d.enabled and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
+                    with sync, attention_backend(cfg.attention, device):
                         with autocast(device, amp):
                             _, loss = model(x, y, return_logits=not chunked)
                         loss = loss / accum
