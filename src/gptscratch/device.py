@@ -57,8 +57,12 @@ def attention_backend(name: str, device: torch.device):
         raise UserError(f"--attention {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
     if name in ("cudnn", "efficient") and device.type != "cuda":
         raise UserError(f"--attention {name}: that kernel runs on CUDA only; use auto, flash or math on {device.type}")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return sdpa_kernel(backends[name])
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        raise UserError(f"--attention {name}: needs torch >= 2.3 (this is {torch.__version__}); use auto") from None
+    member = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+              "math": "MATH"}[name]
+    if not hasattr(SDPBackend, member):
+        raise UserError(f"--attention {name}: torch {torch.__version__} has no such kernel; use auto")
+    return sdpa_kernel(getattr(SDPBackend, member))
