@@ -5,7 +5,13 @@ A variant is a `+`-joined list of choices, each optional:
   loss       full (logits + F.cross_entropy, fused by inductor) | chunked (our LM head + CE, return_logits=False)
   compile    default | max-autotune-no-cudagraphs | max-autotune | reduce-overhead
   attention  flash | cudnn | efficient | math (the SDPA kernel, as train's --attention; left out, torch picks)
-e.g. `full`, `chunked+cudnn`, `full+max-autotune-no-cudagraphs`.
+  batch      bN, e.g. b128 (the micro-batch; left out, --batch-size)
+  tuning     cdt (inductor's coordinate_descent_tuning, as gpt-fast uses)
+e.g. `full`, `chunked+cudnn`, `chunked+b128`, `full+max-autotune-no-cudagraphs`.
+
+A step here is one micro-batch and one AdamW step, as in `gptscratch bench train`; `gptscratch train` takes
+one AdamW step per 8 micro-batches of 64 (gpt2-124m preset), so its tokens/s can only be a little higher.
+A variant that runs out of memory is reported as such and the others go on.
 
 Every variant gets the same weights, batch, bf16 autocast and fused AdamW. Each is compiled and warmed up
 and timed once alone (printed at once, so a run cut short still says something); then all of them are
@@ -20,6 +26,8 @@ passed, the rest are skipped, so put slow-to-compile ones (max-autotune) last.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import statistics
@@ -36,7 +44,7 @@ from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig, flops_per_token
 from gptscratch.optim import configure_optimizer
 
-DEFAULT_VARIANTS = "full,chunked,full+cudnn,chunked+cudnn,full+max-autotune-no-cudagraphs"
+DEFAULT_VARIANTS = "full,chunked,full+cudnn,chunked+cudnn,chunked+b128,full+cdt,full+max-autotune-no-cudagraphs"
 ATTENTION = tuple(a for a in ATTENTION_BACKENDS if a != "auto")
 
 
@@ -46,6 +54,8 @@ class Variant:
     loss: str = "full"
     mode: str = "default"
     attention: str = ""
+    batch_size: int = 0  # 0: --batch-size
+    coordinate_descent: bool = False
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -59,9 +69,14 @@ def parse_variants(text: str) -> list[Variant]:
                 v.mode = part
             elif part in ATTENTION:
                 v.attention = part
+            elif part.startswith("b") and part[1:].isdigit() and int(part[1:]) > 0:
+                v.batch_size = int(part[1:])
+            elif part == "cdt":
+                v.coordinate_descent = True
             else:
                 raise UserError(f"--variants: {part!r} in {name!r} is not a loss path (full, chunked), a compile "
-                                f"mode ({', '.join(COMPILE_MODES)}) or an attention kernel ({', '.join(ATTENTION)})")
+                                f"mode ({', '.join(COMPILE_MODES)}), an attention kernel ({', '.join(ATTENTION)}), "
+                                "a batch size (b64) or cdt")
         out.append(v)
     if not out:
         raise UserError("--variants: expected at least one variant, e.g. full,chunked")
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=420, help="compile no further variant after this")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--fake-oom-above", type=int, default=None, help=argparse.SUPPRESS)  # tests the OOM path
     args = ap.parse_args(argv)
     try:
         variants = parse_variants(args.variants or ("full,chunked" if args.dry_run else DEFAULT_VARIANTS))
@@ -113,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, B, T = GPTConfig(vocab_multiple=64), args.batch_size, 1024
     torch.backends.cuda.matmul.allow_tf32 = True
     g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(device)
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    tokens = B * T * args.steps
+    max_b = max([B] + [v.batch_size for v in variants])
+    data = torch.randint(0, cfg.vocab_size, (max_b, T + 1), generator=g).to(device)
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "batch_size": B, "seq_len": T, "steps_per_repeat": args.steps,
                     "variants": {}, "skipped": []}
@@ -127,30 +142,48 @@ def main(argv: list[str] | None = None) -> int:
             result["skipped"].append(v.name)
             print(f"{v.name}: skipped, past --budget-s {args.budget_s:.0f}", flush=True)
             continue
+        b = v.batch_size or B
+        x, y = data[:b, :-1].contiguous(), data[:b, 1:].contiguous()
+        tokens = b * T * args.steps
         step = make_step(v, cfg, x, y, device, compile=not args.no_compile)
+        tuning = contextlib.nullcontext()
+        if v.coordinate_descent:
+            import torch._inductor.config as inductor_config
+
+            tuning = inductor_config.patch(coordinate_descent_tuning=True)
         t0 = time.perf_counter()
-        with PeakMemory(device) as mem:
-            for _ in range(3):
-                loss = step()
-            sync(device)
+        try:
+            if args.fake_oom_above is not None and b > args.fake_oom_above:
+                raise torch.OutOfMemoryError(f"simulated out of memory at batch {b} (--fake-oom-above)")
+            with tuning, PeakMemory(device) as mem:
+                for _ in range(3):  # compiles on the first call
+                    loss = step()
+                sync(device)
+        except torch.OutOfMemoryError:
+            del step
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            result["variants"][v.name] = {"batch_size": b, "status": "out of memory"}
+            print(f"{v.name}: out of memory at batch {b}", flush=True)
+            continue
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
         sync(device)
         alone = tokens / (time.perf_counter() - t0)
-        result["variants"][v.name] = {"warmup_s": round(warm, 1), "alone_tokens_per_s": round(alone),
+        result["variants"][v.name] = {"batch_size": b, "warmup_s": round(warm, 1), "alone_tokens_per_s": round(alone),
                                       "peak_mib": round((mem.peak_bytes or 0) / 2**20), "loss": float(loss)}
-        print(f"{v.name}: compile + 3 steps {warm:.1f} s, alone {alone:,.0f} tokens/s, loss {float(loss):.4f}",
-              flush=True)
+        print(f"{v.name}: batch {b}, compile + 3 steps {warm:.1f} s, alone {alone:,.0f} tokens/s, "
+              f"loss {float(loss):.4f}", flush=True)
         runs[v.name] = (step, tokens, args.repeats)
     rates = alternate(runs, device, lambda msg: print(msg, flush=True))
     for name, r in rates.items():
         med = statistics.median(r)
         result["variants"][name].update(tokens_per_s=round(med), all=[round(t) for t in r])
         print(f"{name:<45} {med:12,.0f} tokens/s (median of {len(r)})", flush=True)
-    best = max(rates, key=lambda n: statistics.median(rates[n]))
-    result["best"] = best
+    result["best"] = max(rates, key=lambda n: statistics.median(rates[n])) if rates else None
     result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     line = json.dumps(result, sort_keys=True)
     if os.environ.get("OUT"):
