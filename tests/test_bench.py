@@ -32,6 +32,8 @@ def test_bench_train_prints_table_and_json(capsys, dtype):
     result = last_json(out)
     assert result["bench"] == "train" and result["dtype"] == {"float32": "float32", "bf16": "bfloat16"}[dtype]
     assert result["ratio"] > 0 and len(result["gptscratch"]["all"]) == 2 == len(result["transformers"]["all"])
+    pairs = [a / b for a, b in zip(result["gptscratch"]["all"], result["transformers"]["all"], strict=True)]
+    assert result["pair_ratios"] == pytest.approx(pairs, rel=1e-3) and "per-repeat ratios: min" in out
     assert result["shape"]["vocab_size"] == 128
     # same weights and data: the first losses differ only by the one target transformers' shift drops
     ours, theirs = result["gptscratch"]["first_loss"], result["transformers"]["first_loss"]

@@ -374,6 +374,9 @@ def _bench_train_at(shape: Shape, device: torch.device, dtype: torch.dtype, comp
         result[name] = {**_summary(rates[name]), "peak_mem_bytes": memory[name], "first_loss": first_loss[name],
                         "warmup_s": round(warmup_s[name], 2)}
     result["ratio"] = result["gptscratch"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
+    # each repeat of ours against the one of theirs right after it: drift the two shared cancels here, so
+    # the spread of these says how far the ratio of medians can be trusted on this machine
+    result["pair_ratios"] = [round(a / b, 4) for a, b in zip(rates["gptscratch"], rates["transformers"], strict=True)]
     return result
 
 
@@ -396,6 +399,11 @@ def print_train(result: dict, machine: str, peak: float | None = None) -> None:
               f"{steps_ms(r['tokens_per_s']):>9.1f} {_mib(r['peak_mem_bytes']):>9} {r['first_loss']:>10.4f}")
     print(f"ratio gptscratch / transformers: {result['ratio']:.3f}x (medians of {result['gptscratch']['repeats']} "
           f"alternating repeats of {result['steps_per_repeat']} step(s), after {result['warmup']} warm-up step(s))")
+    pairs = result.get("pair_ratios")
+    if pairs:
+        spread = max(pairs) / min(pairs)
+        print(f"per-repeat ratios: min {min(pairs):.3f}x, median {statistics.median(pairs):.3f}x, max {max(pairs):.3f}x"
+              + (" (a noisy machine: more --repeats narrow the median)" if spread > 1.25 else ""))
     if peak:
         for name in ("gptscratch", "transformers"):
             print(f"MFU {name}: {100 * mfu.mfu(result[name]['tokens_per_s'], result['flops_per_token'], peak):.1f}% "
