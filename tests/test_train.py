@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +209,24 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
     assert killed_at < 15
     p = gptscratch("train", *common, "--out", str(run), "--resume")
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    assert train_losses(run) == train_losses(ref)  # bit-identical, step for step
-    assert [r for r in read_metrics(run) if "val_loss" in r] == [r for r in read_metrics(ref) if "val_loss" in r]
+    # A resume bug (a skipped or repeated batch, a lost optimizer state, the wrong lr step) moves losses by
+    # ~1e-3 and weights by ~lr = 1e-3; the tolerances below are 100x tighter than that. They are not zero
+    # because in about one full CI run in three a logged loss after a restart or a checkpoint differed in
+    # its 7th digit while every later loss, and so the weights, stayed bit-identical (a float32 reduction
+    # in torch's CPU kernels; see the issue notes). Bit-for-bit is what we see otherwise, and is reported.
+    ours, theirs = train_losses(run), train_losses(ref)
+    assert sorted(ours) == sorted(theirs) == list(range(16))
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=0)
+    val = [r["val_loss"] for r in read_metrics(run) if "val_loss" in r]
+    assert val == pytest.approx([r["val_loss"] for r in read_metrics(ref) if "val_loss" in r], rel=1e-5, abs=0)
+    from gptscratch.hf import read_safetensors
+
+    final = read_safetensors(run / "checkpoints" / "step_000016" / "model.safetensors")
+    expected = read_safetensors(ref / "checkpoints" / "step_000016" / "model.safetensors")
+    assert final.keys() == expected.keys()
+    assert max((final[k] - expected[k]).abs().max().item() for k in final) <= 1e-5
+    if ours != theirs or any(not torch.equal(final[k], expected[k]) for k in final):
+        warnings.warn("resume matched within float32 rounding but not bit for bit this time", stacklevel=1)
 
 
 def test_kill_during_checkpoint_write_keeps_previous(shards, tmp_path):
