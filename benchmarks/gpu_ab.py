@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from gptscratch.bench import PeakMemory, alternate, sync
-from gptscratch.config import COMPILE_MODES
+from gptscratch.config import COMPILE_MODES, CUDAGRAPH_MODES
 from gptscratch.device import ATTENTION_BACKENDS, attention_backend
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig, flops_per_token
@@ -88,7 +88,7 @@ def make_step(v: Variant, cfg: GPTConfig, x: torch.Tensor, y: torch.Tensor, devi
     model = GPT(cfg).to(device)
     opt = configure_optimizer(model, 6e-4, device_type=device.type)
     fwd = torch.compile(model, mode=None if v.mode == "default" else v.mode) if compile else model
-    cudagraphs = compile and v.mode in ("max-autotune", "reduce-overhead") and device.type == "cuda"
+    cudagraphs = compile and v.mode in CUDAGRAPH_MODES and device.type == "cuda"
 
     def step():
         if cudagraphs:  # the previous step's graph outputs may be overwritten from here on
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "batch_size": B, "seq_len": T, "steps_per_repeat": args.steps,
                     "variants": {}, "skipped": []}
-    n_params = GPT(cfg).num_params()
+    with torch.device("meta"):  # counts the parameters without allocating or initialising them
+        n_params = GPT(cfg).num_params()
     result["flops_per_token"] = flops_per_token(cfg, T, n_params)
     runs = {}
     for v in variants:

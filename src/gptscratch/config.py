@@ -195,6 +195,7 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")  # the modes that capture CUDA graphs
 
 
 def validate(cfg: TrainConfig) -> None:

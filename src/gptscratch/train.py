@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from gptscratch import checkpoint as ckpt
 from gptscratch.config import (
+    CUDAGRAPH_MODES,
     PRESETS,
     TrainConfig,
     config_from_dict,
@@ -294,7 +295,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         ckpt.set_rng_state(saved.rng_state(min(d.rank, saved.world_size - 1)))
         start = saved.step
     if use_compile(cfg, device):
-        if d.enabled and cfg.compile_mode in ("max-autotune", "reduce-overhead"):
+        if d.enabled and cfg.compile_mode in CUDAGRAPH_MODES:
             raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
                             "combine with DDP: use default or max-autotune-no-cudagraphs with torchrun")
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
