@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptscratch.data.loader import TokenLoader
+from gptscratch.data.loader import RowPermutation, TokenLoader
 from gptscratch.data.prepare import prepare
 from gptscratch.errors import UserError
 
@@ -70,7 +70,7 @@ def test_next_epoch_reshuffles_shard_order_the_same_on_every_rank(tmp_path):
     stream = numbered_shards(tmp_path, [300] * 8)
     B, T = 2, 25
     n = (len(stream) - 1) // (B * T)
-    loaders = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=2, seed=5, shuffle=True) for r in range(2)]
+    loaders = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=2, seed=5, shuffle="shards") for r in range(2)]
     epochs: list[list[int]] = [[], [], []]
     for step in range((3 * n + 1) // 2):
         for loader in loaders:
@@ -87,7 +87,7 @@ def test_next_epoch_reshuffles_shard_order_the_same_on_every_rank(tmp_path):
     assert positions(unshuffled.next_batch()[0])[0] == 0
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("shuffle", ["none", "shards", "rows"])
 def test_state_dict_resumes_exactly(tmp_path, shuffle):
     numbered_shards(tmp_path, [700, 555, 910])
     B, T = 3, 20
@@ -170,3 +170,105 @@ def test_bad_shards_and_short_splits(tmp_path):
     loader = TokenLoader(single("vocab", np.full(50, 50257 % 65536)), "train", 1, 4)
     with pytest.raises(UserError, match="token id 50257 is not below"):
         loader.next_batch()  # the id check runs when the shard is first opened
+
+
+def rows_of(x: torch.Tensor, T: int) -> list[int]:
+    """The row index of each batch row (row k starts at stream position k*T; ids are positions)."""
+    starts = x[:, 0].tolist()
+    assert all(s % T == 0 for s in starts)
+    return [s // T for s in starts]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 257, 1000, 4097])
+def test_row_permutation_is_a_seeded_bijection(n):
+    perm = RowPermutation(n, seed=3, epoch=0)
+    assert sorted(perm(np.arange(n)).tolist()) == list(range(n))
+    if n >= 16:  # a different epoch or seed gives another order; the same ones give the same
+        assert perm(np.arange(n)).tolist() != RowPermutation(n, seed=3, epoch=1)(np.arange(n)).tolist()
+        assert perm(np.arange(n)).tolist() != RowPermutation(n, seed=4, epoch=0)(np.arange(n)).tolist()
+        assert perm(np.arange(n)).tolist() == RowPermutation(n, seed=3, epoch=0)(np.arange(n)).tolist()
+
+
+def test_row_permutation_of_a_huge_split_needs_no_table():
+    n = 10**10  # 10^13 tokens of rows: no materialised permutation could hold this
+    perm = RowPermutation(n, seed=0, epoch=0)
+    got = perm(np.arange(10**6, 10**6 + 64))
+    assert len(set(got.tolist())) == 64 and got.min() >= 0 and got.max() < n
+    assert got.max() > n // 2  # spread over the whole split, not near the indices asked for
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rows_cover_each_epoch_once_and_ranks_are_disjoint(tmp_path, world_size):
+    stream = numbered_shards(tmp_path, SIZES)
+    B, T = 4, 16
+    n_rows = (len(stream) - 1) // T
+    loaders = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=world_size, seed=7, shuffle="rows")
+               for r in range(world_size)]
+    assert loaders[0].rows_per_epoch == n_rows
+    drawn: list[int] = []
+    steps = -(-2 * n_rows // (B * world_size))  # enough steps for two whole epochs
+    for _ in range(steps):
+        in_step = []
+        for loader in loaders:
+            x, y = loader.next_batch()
+            assert x.shape == y.shape == (B, T) and torch.equal(y, x + 1)  # rows are contiguous text
+            assert torch.equal(x, x[:, :1] + torch.arange(T))
+            in_step += rows_of(x, T)
+        assert len(in_step) == len(set(in_step)) or len(drawn) + len(in_step) > n_rows  # disjoint (but at a seam)
+        drawn += in_step
+    for epoch in range(2):
+        assert sorted(drawn[epoch * n_rows:(epoch + 1) * n_rows]) == list(range(n_rows))
+    assert drawn[:n_rows] != drawn[n_rows:2 * n_rows]  # each epoch its own order
+    assert drawn[:n_rows] != sorted(drawn[:n_rows])  # and not the stream's order
+
+
+def test_rows_ranks_read_what_one_process_reads_with_accumulation(tmp_path):
+    numbered_shards(tmp_path, [900, 1300])
+    B, T = 3, 10
+    one = TokenLoader(tmp_path, "train", B, T, seed=2, shuffle="rows")
+    ranks = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=2, seed=2, shuffle="rows") for r in range(2)]
+    for _ in range(50):
+        for loader in ranks:  # one optimizer step: rank r's micro-batch = the single process's r-th
+            assert torch.equal(loader.next_batch()[0], one.next_batch()[0])
+
+
+def test_shards_mode_is_the_shard_shuffled_window_stream(tmp_path):
+    sizes = [300, 410, 250, 520, 333]
+    stream = numbered_shards(tmp_path, sizes)
+    bounds = np.cumsum([0] + sizes)
+    B, T, seed = 2, 30, 9
+    n = (len(stream) - 1) // (B * T)
+    loader = TokenLoader(tmp_path, "train", B, T, seed=seed, shuffle="shards")
+    for epoch in range(3):
+        # the stream of llm.c-style readers: whole shards in a seeded order, cut into B*T windows
+        order = np.random.default_rng([seed, epoch]).permutation(len(sizes))
+        epoch_stream = np.concatenate([stream[bounds[i]:bounds[i + 1]] for i in order])
+        for w in range(n):
+            x, y = loader.next_batch()
+            assert x.flatten().tolist() == epoch_stream[w * B * T:(w + 1) * B * T].tolist()
+            assert y.flatten().tolist() == epoch_stream[w * B * T + 1:(w + 1) * B * T + 1].tolist()
+
+
+def test_state_saved_before_row_shuffling_resumes(tmp_path):
+    numbered_shards(tmp_path, [700, 555])
+    old = {"step": 5, "world_size": 1, "batch_size": 2, "seq_len": 20, "num_tokens": 1255, "shuffle": True,
+           "seed": 3, "split": "train"}  # a checkpoint's loader state from before --shuffle had modes
+    loader = TokenLoader(tmp_path, "train", 2, 20, seed=3, shuffle="shards")
+    loader.load_state_dict(old)
+    reference = TokenLoader(tmp_path, "train", 2, 20, seed=3, shuffle="shards")
+    for _ in range(5):
+        reference.next_batch()
+    assert torch.equal(loader.next_batch()[0], reference.next_batch()[0])
+    with pytest.raises(UserError, match="shuffle"):
+        TokenLoader(tmp_path, "train", 2, 20, seed=3, shuffle="rows").load_state_dict(old)
+    with pytest.raises(UserError, match="--shuffle 'random'"):
+        TokenLoader(tmp_path, "train", 2, 20, shuffle="random")
+
+
+def test_rows_keep_memory_flat(tmp_path):
+    numbered_shards(tmp_path, [200] * 40)
+    loader = TokenLoader(tmp_path, "train", 8, 10, seed=1, shuffle="rows")
+    for _ in range(3 * loader.steps_per_epoch):
+        loader.next_batch()
+    assert len(loader._perms) <= 2  # the orders of the current epoch and the one before, O(1) each
+    assert len(loader._open) <= 40

@@ -21,7 +21,7 @@ from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.optim import configure_optimizer, lr_at, param_groups
 
-TINY = ["--preset", "tiny", "--device", "cpu", "--shuffle", "false"]
+TINY = ["--preset", "tiny", "--device", "cpu"]  # the default batch order: rows
 
 
 def write_llmc_shard(path: Path, tokens: np.ndarray) -> None:
@@ -99,7 +99,7 @@ def test_tiny_model_overfits_one_batch():
 
 def test_overrides_accept_dashes_and_underscores():
     assert parse_overrides(["--max-steps", "20", "--max_steps=30", "--compile"]) == {"max_steps": 30, "compile": "true"}
-    assert parse_overrides(["--lr", "1e-3", "--shuffle", "false"]) == {"lr": 1e-3, "shuffle": False}
+    assert parse_overrides(["--lr", "1e-3", "--shuffle", "none"]) == {"lr": 1e-3, "shuffle": "none"}
     with pytest.raises(UserError, match="valid settings: .*--max-steps"):
         parse_overrides(["--max-stepz", "3"])
     with pytest.raises(UserError, match="valid presets: demo"):

@@ -7,6 +7,7 @@ import types
 import typing
 from dataclasses import dataclass
 
+from gptscratch.data.loader import shuffle_mode
 from gptscratch.device import ATTENTION_BACKENDS
 from gptscratch.errors import UserError
 from gptscratch.model import GPTConfig
@@ -64,7 +65,9 @@ class TrainConfig:
     # max-autotune or reduce-overhead (both add CUDA graphs; single process, no DDP)
     compile_mode: str = "default"
     attention: str = "auto"  # the SDPA kernel for training: auto (torch picks), flash, cudnn, efficient or math
-    shuffle: bool = True  # reshuffle shard order every epoch
+    # training batch order: rows (each epoch, every seq_len row of the split once, in a seeded random order),
+    # shards (llm.c's stream: consecutive windows, shard order reshuffled each epoch) or none (consecutive, in order)
+    shuffle: str = "rows"
     # auto: the chunked LM head + cross-entropy (never holds full logits) on CPUs, where it is faster;
     # full logits on CUDA, where compiled full logits measured 2% faster on an H100 (benchmarks/RESULTS.md)
     loss_impl: str = "auto"
@@ -191,6 +194,8 @@ def config_from_dict(d: dict) -> TrainConfig:
     unknown = set(d) - names
     if unknown:
         raise UserError(f"saved config has unknown settings {sorted(unknown)}; written by another version?")
+    if isinstance(d.get("shuffle"), bool):  # saved before --shuffle had modes: True was shard order only
+        d = {**d, "shuffle": shuffle_mode(d["shuffle"])}
     return TrainConfig(**d)
 
 
@@ -213,6 +218,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--compile {cfg.compile!r}: expected auto, true or false")
     if cfg.attention not in ATTENTION_BACKENDS:
         raise UserError(f"--attention {cfg.attention!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
+    shuffle_mode(cfg.shuffle)
     if cfg.compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile-mode {cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:

@@ -216,7 +216,7 @@ def open_data(cfg: TrainConfig, d: Dist):
     train = TokenLoader(data, "train", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=d.rank,
                         world_size=d.world_size, seed=cfg.seed, shuffle=cfg.shuffle)
     val = TokenLoader(data, "val", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=d.rank,
-                      world_size=d.world_size, seed=cfg.seed, shuffle=False)
+                      world_size=d.world_size, seed=cfg.seed, shuffle="none")
     return train, val
 
 

@@ -1,21 +1,37 @@
 """TokenLoader: (x, y) batches from a split's shards, for one process or many DDP ranks.
 
-The split is read as one token stream: its shards concatenated, in name order or, with shuffle,
-in an order drawn afresh each epoch (FineWeb-Edu's shards differ in style, and a fixed order makes
-the loss periodic, build-nanogpt #52). The stream is cut into windows of B*T tokens (plus the
-one token after, for y); windows may span two shards, so nothing is dropped but the tail of the
-epoch that is shorter than one window (build-nanogpt drops up to world_size windows per shard,
-its #23/#42/#105). Shards are cut mid-document, so at a seam between two shuffled shards the text
-jumps without an <|endoftext|>: one such seam per shard, negligible at 100M tokens a shard.
+The split is one token stream: its shards concatenated in name order. How batches are cut from it
+is `shuffle`:
 
-Windows are dealt to ranks round-robin over an endless sequence of epochs: rank r's k-th batch is
-window k*world_size + r. Ranks therefore never read the same window in a step, and any
-world_size * n consecutive batches (summed over ranks) are disjoint windows. The whole position is
-the batch counter `step`, so `state_dict()` is a few ints, equal on every rank.
+- `rows` (training's default): the stream is cut into rows of seq_len + 1 tokens at stride seq_len
+  (row k is tokens [k*T, k*T + T]; the last token of a row is the first of the next, as y needs),
+  and each epoch visits every row exactly once, in a seeded random order. A batch is B rows from
+  anywhere in the split, so one step's gradient sees many places in the corpus rather than one
+  scene of one play: on a one-shard corpus this was worth 0.25 nats at the demo's size against
+  nanoGPT, which draws each row at a random offset (benchmarks/RESULTS.md). The order is a bijective
+  hash of the row index (a keyed Feistel network over the next power of four, cycle-walked back
+  into [0, rows)), so no permutation is materialised: memory is flat and a lookup is O(1) however
+  many shards a split has.
+- `shards`: llm.c's stream exactly. The stream is cut into windows of B*T consecutive tokens (plus
+  one for y), with the shard order drawn afresh each epoch (FineWeb-Edu's shards differ in style,
+  and a fixed order makes the loss periodic, build-nanogpt #52).
+- `none`: the same windows in name order, every epoch alike. Validation always reads this way, so
+  every evaluation sees the same batches.
 
-Shards are memory-mapped one (or two, at a boundary) at a time, so memory stays flat however many
-shards a split has (nanoGPT #287). Each shard's ids are checked against the vocab size once, when
-first opened.
+Windows and rows may span two shards, so nothing is dropped but the tail of the split shorter than
+one window or row. At a seam between two shards the text jumps without an <|endoftext|>: one such
+seam per shard, negligible at 100M tokens a shard.
+
+Positions are dealt to ranks round-robin over an endless sequence of epochs: rank r's k-th batch is
+batch k*world_size + r of the global sequence (with rows: rows (k*world_size + r)*B ... + B - 1 of
+the epochs' concatenated row orders; a batch at an epoch's end takes its last rows from the next
+epoch, so every epoch still covers each row once). Ranks therefore never read the same row or window
+in a step, and N ranks read in one step what one process reads in N accumulation steps. The whole
+position is the batch counter `step`, so `state_dict()` is a few ints, equal on every rank.
+
+Shards are memory-mapped when first read (at most two at a time for the sequential modes; with rows,
+up to OPEN_SHARDS_ROWS, since a batch may touch many): a mapping costs address space, not memory.
+Each shard's ids are checked against the vocab size once, when first opened.
 """
 
 from __future__ import annotations
@@ -32,12 +48,66 @@ import torch
 from gptscratch.data.shards import ShardInfo, find_shards, open_shard
 from gptscratch.errors import UserError
 
+SHUFFLE_MODES = ("rows", "shards", "none")
 OPEN_SHARDS = 2  # a window spans at most two shards unless shards are shorter than a window
+OPEN_SHARDS_ROWS = 256  # rows come from anywhere: keep many shards mapped rather than remap per row
+
+
+def shuffle_mode(value: str | bool) -> str:
+    """The mode's name; `True`/`False` are what loader states and configs before `rows` existed hold."""
+    if isinstance(value, bool):
+        return "shards" if value else "none"
+    if value not in SHUFFLE_MODES:
+        raise UserError(f"--shuffle {value!r}: expected one of {', '.join(SHUFFLE_MODES)}")
+    return value
+
+
+class RowPermutation:
+    """A seeded bijection of [0, n), evaluated per index: a Feistel network plus cycle-walking.
+
+    The network permutes [0, 4**h) for the smallest h with 4**h >= n (two halves of h bits, keyed
+    rounds that each xor one half with a hash of the other: invertible whatever the hash). An index
+    that lands at or above n is mapped again until it falls below n; since the network permutes the
+    larger domain, this walks the index's cycle and gives a permutation of [0, n) (at most 4x the
+    domain, so under four steps on average).
+    """
+
+    ROUNDS = 6
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n = n
+        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        rng = np.random.default_rng([seed, epoch])
+        self.keys = [np.uint64(k) for k in rng.integers(0, 2**63, size=self.ROUNDS, dtype=np.int64)]
+
+    @staticmethod
+    def _hash(x: np.ndarray, key: np.uint64) -> np.ndarray:
+        # splitmix64's finaliser: every input bit reaches every output bit; uint64 arrays wrap mod 2**64
+        x = x ^ key
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    def _network(self, x: np.ndarray) -> np.ndarray:
+        shift = np.uint64(self.half)
+        left, right = x >> shift, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (self._hash(right, key) & self.mask)
+        return (left << shift) | right
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        out = self._network(np.asarray(index, dtype=np.uint64))
+        outside = out >= self.n
+        while outside.any():
+            out[outside] = self._network(out[outside])
+            outside = out >= self.n
+        return out.astype(np.int64)
 
 
 class TokenLoader:
     def __init__(self, data_dir: str | os.PathLike, split: str, batch_size: int, seq_len: int, rank: int = 0,
-                 world_size: int = 1, seed: int | None = None, shuffle: bool = False):
+                 world_size: int = 1, seed: int | None = None, shuffle: str | bool = "none"):
         if batch_size < 1 or seq_len < 1:
             raise UserError(f"batch_size and seq_len must be at least 1 (got {batch_size}, {seq_len})")
         if not 0 <= rank < world_size:
@@ -45,8 +115,8 @@ class TokenLoader:
         self.data_dir, self.split = Path(data_dir), split
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size = rank, world_size
-        self.shuffle = shuffle
-        self.seed = 0 if seed is None and shuffle else seed  # every rank must draw the same order
+        self.shuffle = shuffle_mode(shuffle)
+        self.seed = 0 if seed is None and self.shuffle != "none" else seed  # every rank must draw the same order
         self.shards: list[ShardInfo] = find_shards(self.data_dir, split)
         self.num_tokens = sum(s.tokens for s in self.shards)
         self.window = batch_size * seq_len
@@ -55,6 +125,7 @@ class TokenLoader:
             raise UserError(f"{self.data_dir}: {split} split has {self.num_tokens} tokens, fewer than one batch "
                             f"needs (batch_size*seq_len+1 = {batch_size}*{seq_len}+1 = {need})")
         self.windows_per_epoch = (self.num_tokens - 1) // self.window
+        self.rows_per_epoch = (self.num_tokens - 1) // seq_len
         if self.windows_per_epoch < world_size:
             raise UserError(f"{self.data_dir}: {split} split has {self.windows_per_epoch} windows of "
                             f"{batch_size}*{seq_len} tokens, fewer than world_size {world_size}")
@@ -62,26 +133,38 @@ class TokenLoader:
         self._order_epoch = -1
         self._starts: list[int] = []
         self._order: list[int] = []
+        self._perms: dict[int, RowPermutation] = {}
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._max_open = OPEN_SHARDS_ROWS if self.shuffle == "rows" else OPEN_SHARDS
         self._checked: set[Path] = set()
 
     @property
     def steps_per_epoch(self) -> int:
         """Batches each rank gets from one pass over the split."""
+        if self.shuffle == "rows":
+            return self.rows_per_epoch // (self.batch_size * self.world_size)
         return self.windows_per_epoch // self.world_size
 
     @property
     def epoch(self) -> int:
-        """The epoch of the next batch."""
-        return (self.step * self.world_size + self.rank) // self.windows_per_epoch
+        """The epoch of the next batch (of its first row, with rows)."""
+        batch = self.step * self.world_size + self.rank
+        if self.shuffle == "rows":
+            return batch * self.batch_size // self.rows_per_epoch
+        return batch // self.windows_per_epoch
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), int64 CPU tensors of shape (batch_size, seq_len), y being x shifted left by one."""
-        epoch, index = divmod(self.step * self.world_size + self.rank, self.windows_per_epoch)
-        buf = torch.from_numpy(self._read(epoch, index * self.window, self.window + 1).astype(np.int64))
+        batch = self.step * self.world_size + self.rank
+        if self.shuffle == "rows":
+            rows = torch.from_numpy(self._read_rows(batch * self.batch_size).astype(np.int64))
+            x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        else:
+            epoch, index = divmod(batch, self.windows_per_epoch)
+            buf = torch.from_numpy(self._read(epoch, index * self.window, self.window + 1).astype(np.int64))
+            x = buf[:-1].view(self.batch_size, self.seq_len)
+            y = buf[1:].view(self.batch_size, self.seq_len)
         self.step += 1
-        x = buf[:-1].view(self.batch_size, self.seq_len)
-        y = buf[1:].view(self.batch_size, self.seq_len)
         return x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -99,20 +182,40 @@ class TokenLoader:
                 "seed": self.seed, "split": self.split}
 
     def load_state_dict(self, state: dict) -> None:
+        state = {**state, "shuffle": shuffle_mode(state.get("shuffle", "none"))}
         for key in ("batch_size", "seq_len", "num_tokens", "shuffle", "seed", "split"):
             if state.get(key) != getattr(self, key):
                 raise UserError(f"loader state has {key}={state.get(key)!r} but this loader has "
-                                f"{getattr(self, key)!r}; resume with the same data and batch shape")
-        # A different world size keeps the number of windows consumed (up to world_size-1 may repeat).
+                                f"{getattr(self, key)!r}; resume with the same data, batch shape and --shuffle")
+        # A different world size keeps the number of batches consumed (up to world_size-1 may repeat).
         self.step = state["step"] * state["world_size"] // self.world_size
 
     # --- reading ---
+
+    def _permutation(self, epoch: int) -> RowPermutation:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # a batch spans two at most
+            self._perms[epoch] = RowPermutation(self.rows_per_epoch, self.seed, epoch)
+        return self._perms[epoch]
+
+    def _read_rows(self, first: int) -> np.ndarray:
+        """Rows `first` ... `first + batch_size - 1` of the epochs' concatenated row orders, (B, T+1)."""
+        positions = np.arange(first, first + self.batch_size)
+        epochs, index = np.divmod(positions, self.rows_per_epoch)
+        rows = np.empty_like(index)
+        for epoch in np.unique(epochs).tolist():
+            here = epochs == epoch
+            rows[here] = self._permutation(epoch)(index[here])
+        out = np.empty((self.batch_size, self.seq_len + 1), dtype=np.uint16)
+        for i, row in enumerate(rows.tolist()):
+            out[i] = self._read(0, row * self.seq_len, self.seq_len + 1)
+        return out
 
     def _epoch_order(self, epoch: int) -> None:
         if epoch == self._order_epoch:
             return
         order = list(range(len(self.shards)))
-        if self.shuffle:
+        if self.shuffle == "shards":
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)).tolist()
         self._order, self._order_epoch = order, epoch
         self._starts = list(np.cumsum([0] + [self.shards[i].tokens for i in order[:-1]]).tolist())
@@ -125,12 +228,12 @@ class TokenLoader:
         tokens = open_shard(info.path, check_vocab=info.path not in self._checked)
         self._checked.add(info.path)
         self._open[shard] = tokens
-        while len(self._open) > OPEN_SHARDS:
+        while len(self._open) > self._max_open:
             self._open.popitem(last=False)  # dropping the last reference unmaps the file
         return tokens
 
     def _read(self, epoch: int, offset: int, n: int) -> np.ndarray:
-        """`n` tokens from position `offset` of epoch `epoch`'s stream."""
+        """`n` tokens from position `offset` of epoch `epoch`'s stream (the name-order stream with rows)."""
         self._epoch_order(epoch)
         out = np.empty(n, dtype=np.uint16)
         j = bisect.bisect_right(self._starts, offset) - 1
