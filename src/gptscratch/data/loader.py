@@ -51,6 +51,7 @@ from gptscratch.errors import UserError
 SHUFFLE_MODES = ("rows", "shards", "none")
 OPEN_SHARDS = 2  # a window spans at most two shards unless shards are shorter than a window
 OPEN_SHARDS_ROWS = 256  # rows come from anywhere: keep many shards mapped rather than remap per row
+ROW_BLOCK = 1 << 16  # row-order entries computed at once (512 KiB)
 
 
 def shuffle_mode(value: str | bool) -> str:
@@ -133,10 +134,13 @@ class TokenLoader:
         self._order_epoch = -1
         self._starts: list[int] = []
         self._order: list[int] = []
-        self._perms: dict[int, RowPermutation] = {}
+        self._blocks: dict[tuple[int, int], np.ndarray] = {}  # (epoch, block) -> rows of that block
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
         self._max_open = OPEN_SHARDS_ROWS if self.shuffle == "rows" else OPEN_SHARDS
         self._checked: set[Path] = set()
+        self._shard_tokens = np.array([s.tokens for s in self.shards], dtype=np.int64)
+        self._stream_starts = np.cumsum(self._shard_tokens) - self._shard_tokens  # in name order
+        self._offsets = np.arange(seq_len + 1)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -157,8 +161,9 @@ class TokenLoader:
         """(x, y), int64 CPU tensors of shape (batch_size, seq_len), y being x shifted left by one."""
         batch = self.step * self.world_size + self.rank
         if self.shuffle == "rows":
-            rows = torch.from_numpy(self._read_rows(batch * self.batch_size).astype(np.int64))
-            x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+            rows = self._read_rows(batch * self.batch_size)
+            x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.int64))
+            y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:], dtype=np.int64))
         else:
             epoch, index = divmod(batch, self.windows_per_epoch)
             buf = torch.from_numpy(self._read(epoch, index * self.window, self.window + 1).astype(np.int64))
@@ -192,23 +197,42 @@ class TokenLoader:
 
     # --- reading ---
 
-    def _permutation(self, epoch: int) -> RowPermutation:
-        if epoch not in self._perms:
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # a batch spans two at most
-            self._perms[epoch] = RowPermutation(self.rows_per_epoch, self.seed, epoch)
-        return self._perms[epoch]
+    def _row_order(self, epoch: int, index: np.ndarray) -> np.ndarray:
+        """Row `index` of epoch `epoch`'s order, from blocks of ROW_BLOCK computed at once and cached.
+
+        One Feistel evaluation per batch would cost numpy's per-call overhead a dozen times a batch;
+        a block serves the next ROW_BLOCK / (B * world_size) batches of this rank.
+        """
+        out = np.empty_like(index)
+        for block in np.unique(index // ROW_BLOCK).tolist():
+            key = (epoch, block)
+            if key not in self._blocks:
+                if len(self._blocks) >= 4:  # a batch spans two blocks (or two epochs) at most
+                    self._blocks.pop(next(iter(self._blocks)))
+                lo = block * ROW_BLOCK
+                perm = RowPermutation(self.rows_per_epoch, self.seed, epoch)
+                self._blocks[key] = perm(np.arange(lo, min(lo + ROW_BLOCK, self.rows_per_epoch)))
+            here = index // ROW_BLOCK == block
+            out[here] = self._blocks[key][index[here] - block * ROW_BLOCK]
+        return out
 
     def _read_rows(self, first: int) -> np.ndarray:
         """Rows `first` ... `first + batch_size - 1` of the epochs' concatenated row orders, (B, T+1)."""
-        positions = np.arange(first, first + self.batch_size)
-        epochs, index = np.divmod(positions, self.rows_per_epoch)
-        rows = np.empty_like(index)
-        for epoch in np.unique(epochs).tolist():
-            here = epochs == epoch
-            rows[here] = self._permutation(epoch)(index[here])
+        epochs, index = np.divmod(np.arange(first, first + self.batch_size), self.rows_per_epoch)
+        if epochs[0] == epochs[-1]:
+            rows = self._row_order(int(epochs[0]), index)
+        else:  # the batch straddles two epochs
+            rows = np.concatenate([self._row_order(int(e), index[epochs == e]) for e in np.unique(epochs).tolist()])
+        starts = rows * self.seq_len
+        shard_of = np.searchsorted(self._stream_starts, starts, side="right") - 1
+        local = starts - self._stream_starts[shard_of]
+        seam = local + self.seq_len + 1 > self._shard_tokens[shard_of]
         out = np.empty((self.batch_size, self.seq_len + 1), dtype=np.uint16)
-        for i, row in enumerate(rows.tolist()):
-            out[i] = self._read(0, row * self.seq_len, self.seq_len + 1)
+        for shard in set(shard_of[~seam].tolist()):  # one gather for all the rows within a shard
+            rows_here = np.flatnonzero((shard_of == shard) & ~seam)
+            out[rows_here] = self._tokens(shard)[local[rows_here, None] + self._offsets]
+        for i in np.flatnonzero(seam).tolist():  # a row across two shards
+            out[i] = self._read(0, int(starts[i]), self.seq_len + 1)
         return out
 
     def _epoch_order(self, epoch: int) -> None:
@@ -227,7 +251,7 @@ class TokenLoader:
         info = self.shards[shard]
         tokens = open_shard(info.path, check_vocab=info.path not in self._checked)
         self._checked.add(info.path)
-        self._open[shard] = tokens
+        self._open[shard] = np.asarray(tokens)  # a plain view of the map: memmap's indexing costs more
         while len(self._open) > self._max_open:
             self._open.popitem(last=False)  # dropping the last reference unmaps the file
         return tokens
