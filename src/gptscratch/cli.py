@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import codecs
 import importlib
+import json
 import sys
+from pathlib import Path
 
 from gptscratch.errors import UserError
 
@@ -88,7 +90,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.ckpt)
     path = model.save_pretrained(args.out) or args.out
-    print(f"wrote Hugging Face GPT-2 checkpoint to {path} (load it with GPT2LMHeadModel.from_pretrained)")
+    arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
+    print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
     return 0
 
 

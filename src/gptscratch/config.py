@@ -28,6 +28,18 @@ class TrainConfig:
     vocab_multiple: int = 64  # pad the vocab to 50304: faster matmuls, padded rows never sampled
     dropout: float = 0.0
     bias: bool = True
+    # the model's architecture: gpt2 (exactly GPT-2) or modern (ARCHS below); the options after it
+    # override single pieces of the set (their meaning: gptscratch.model.GPTConfig)
+    arch: str = "gpt2"
+    pos_embedding: str = "learned"  # learned or rope
+    rope_base: float = 10000.0
+    norm: str = "layernorm"  # layernorm or rmsnorm
+    norm_weight: bool = True  # rmsnorm with a learned gain (False: parameter-free)
+    qk_norm: bool = False
+    mlp: str = "gelu"  # gelu, relu2 or swiglu
+    tie_embeddings: bool = True
+    logit_softcap: float = 0.0  # 0: off
+    zero_init_proj: bool = False
     # batch: total_batch_tokens = batch_size * seq_len * world_size * grad_accum_steps
     batch_size: int = 64  # micro-batch per process
     seq_len: int = 1024
@@ -42,6 +54,12 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+    # adamw: AdamW for everything (GPT-2); muon: Muon for the blocks' 2-D matrices, AdamW for the rest
+    optimizer: str = "adamw"
+    muon_lr: float = 0.0  # Muon's peak lr (scaled to match AdamW's update RMS); 0: the same as lr
+    muon_momentum: float = 0.95
+    schedule: str = "cosine"  # cosine: warmup then cosine decay; wsd: warmup, constant, linear decay
+    decay_frac: float = 0.2  # wsd: the final fraction of max_steps that decays to min_lr
     # evaluation and logging
     eval_interval: int = 250
     eval_batches: int = 20
@@ -82,6 +100,7 @@ class TrainConfig:
             dropout=self.dropout,
             bias=self.bias,
             vocab_multiple=self.vocab_multiple,
+            **{name: getattr(self, name) for name in MODEL_OPTIONS},
         )
 
     @property
@@ -90,6 +109,16 @@ class TrainConfig:
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.preset}"
+
+
+MODEL_OPTIONS = ("pos_embedding", "rope_base", "norm", "norm_weight", "qk_norm", "mlp", "tie_embeddings",
+                 "logit_softcap", "zero_init_proj")
+ARCHS: dict[str, dict] = {
+    "gpt2": {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in (*MODEL_OPTIONS, "bias")},
+    # chosen by the ablation in benchmarks/RESULTS.md ("Two recipes")
+    "modern": dict(bias=False, pos_embedding="rope", norm="rmsnorm", norm_weight=False, qk_norm=True, mlp="relu2",
+                   tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True),
+}
 
 
 def _gpt3(n_layer: int, n_head: int, n_embd: int, lr: float, total: int, micro: int) -> dict:
@@ -181,9 +210,14 @@ def parse_overrides(args: list[str]) -> dict[str, object]:
 
 
 def resolve_config(preset: str, overrides: dict[str, object] | None = None) -> TrainConfig:
+    """The preset, then its architecture's option set (--arch may choose another), then the overrides."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **(overrides or {}), "preset": preset}
+    overrides = overrides or {}
+    arch = overrides.get("arch", PRESETS[preset].get("arch", "gpt2"))
+    if arch not in ARCHS:
+        raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
+    values = {**ARCHS[arch], **PRESETS[preset], **overrides, "arch": arch, "preset": preset}
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
@@ -219,6 +253,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.attention not in ATTENTION_BACKENDS:
         raise UserError(f"--attention {cfg.attention!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
     shuffle_mode(cfg.shuffle)
+    for name, valid in (("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd")), ("arch", tuple(ARCHS))):
+        if getattr(cfg, name) not in valid:
+            raise UserError(f"--{name} {getattr(cfg, name)!r}: expected one of {', '.join(valid)}")
+    if not 0.0 <= cfg.decay_frac <= 1.0 or not cfg.muon_lr >= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
+        raise UserError("--decay-frac must be within [0, 1], --muon-lr >= 0 and --muon-momentum within [0, 1)")
     if cfg.compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile-mode {cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:

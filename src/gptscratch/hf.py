@@ -173,9 +173,18 @@ def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
 
 
 def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors, each to a temporary name first, then renamed."""
+    """Write config.json and model.safetensors, each to a temporary name first, then renamed.
+
+    A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf_modern).
+    """
     from safetensors.torch import save_file
 
+    from gptscratch.hf_modern import is_gpt2, save_modern
+
+    if not is_gpt2(model.config):
+        return save_modern(model, directory)
+    if not model.config.bias:
+        raise UserError("--bias false has no GPT2LMHeadModel equivalent (GPT-2 always has biases)")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config

@@ -1,9 +1,14 @@
-"""GPT-2, exactly, in one file you can read top to bottom.
+"""GPT-2, exactly, in one file you can read top to bottom; and the modern options beside it.
 
 The parameter names are OpenAI's (`transformer.wte`, `h.N.attn.c_attn`, `mlp.c_fc`, `ln_f`, ...), so a
 GPT-2 checkpoint maps onto this model with a short table (see `gptscratch.hf`). Numerically the model
 matches Hugging Face's GPT2LMHeadModel: pre-LayerNorm blocks, tanh-approximated GELU, learned positions,
 and an LM head that shares its weight with the token embedding.
+
+`GPTConfig`'s options after `vocab_multiple` (all off by default, so the defaults are GPT-2) are what
+the field changed since: rotary positions, RMSNorm, per-head QK-norm, ReLU^2 or SwiGLU MLPs, an untied
+head, a logit soft-cap and zero-initialised output projections (modded-nanogpt's record history and
+nanochat measured each). Each is a small branch where it applies; read the GPT-2 path by skipping them.
 """
 
 from __future__ import annotations
@@ -29,18 +34,78 @@ class GPTConfig:
     # Round the embedding table up to a multiple of this (64 gives 50304 for GPT-2): matmuls on such
     # shapes run faster on GPUs. The extra rows are never sampled and are dropped on export.
     vocab_multiple: int = 1
+    # --- beyond GPT-2 (the defaults are GPT-2's) ---
+    pos_embedding: str = "learned"  # learned: a position table (GPT-2); rope: rotary, relative positions
+    rope_base: float = 10000.0
+    norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm: no mean subtraction, no bias
+    norm_weight: bool = True  # rmsnorm only: a learned gain; False is parameter-free
+    qk_norm: bool = False  # RMSNorm of each head's q and k: bounded attention logits, a higher stable lr
+    mlp: str = "gelu"  # gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU, 3 matrices)
+    tie_embeddings: bool = True  # the LM head is the token embedding (GPT-2)
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0: off
+    zero_init_proj: bool = False  # output projections (and an untied head) start at zero
 
     @property
     def padded_vocab_size(self) -> int:
         m = max(1, self.vocab_multiple)
         return (self.vocab_size + m - 1) // m * m
 
+    @property
+    def mlp_hidden(self) -> int:
+        """4 * n_embd, as GPT-2; SwiGLU's three matrices get 2/3 of that (to a multiple of 32): equal size."""
+        if self.mlp == "swiglu":
+            return max(32, round(8 * self.n_embd / 3 / 32) * 32)
+        return 4 * self.n_embd
+
     def validate(self) -> None:
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        for name, valid in (("pos_embedding", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                            ("mlp", ("gelu", "relu2", "swiglu"))):
+            if getattr(self, name) not in valid:
+                flag = name.replace("_", "-")
+                raise UserError(f"--{flag} {getattr(self, name)!r}: expected one of {', '.join(valid)}")
+        if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise UserError(f"rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+        if not self.logit_softcap >= 0 or not self.rope_base > 1:
+            raise UserError("--logit-softcap must be >= 0 and --rope-base > 1")
+        if (self.norm == "rmsnorm" or self.qk_norm) and not hasattr(nn, "RMSNorm"):
+            raise UserError(f"rmsnorm and qk_norm need torch >= 2.4 (nn.RMSNorm); this is torch {torch.__version__}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise UserError(f"model config {name}={getattr(self, name)} must be a positive integer")
+
+
+RMS_EPS = 1e-6  # the epsilon of every RMSNorm (Qwen3's default, so exports match it exactly)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=RMS_EPS, elementwise_affine=config.norm_weight)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer; the half-split layout of Llama, Qwen and transformers).
+
+    Each pair of channels (i, i + head_dim/2) of q and k is rotated by an angle proportional to the
+    position, so q.k depends on positions only through their difference.
+    """
+
+    def __init__(self, head_dim: int, block_size: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq).repeat(1, 2)
+        # buffers, not parameters: recomputed from the config, never saved in a checkpoint
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x: (B, n_head, T, head_dim), at positions start ... start + T - 1."""
+        T = x.size(2)
+        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 # Named model shapes. The GPT-2 family first, then small ones for CPUs and tests.
@@ -88,6 +153,11 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # gets the scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(head_dim, eps=RMS_EPS, elementwise_affine=config.norm_weight)
+            self.k_norm = nn.RMSNorm(head_dim, eps=RMS_EPS, elementwise_affine=config.norm_weight)
+        self.rotary = Rotary(head_dim, config.block_size, config.rope_base) if config.pos_embedding == "rope" else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -96,6 +166,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:  # rotate by absolute position: cached keys keep theirs
+            start = cache.pos if cache is not None else 0
+            q, k = self.rotary(q, start), self.rotary(k, start)
         dropout_p = self.dropout if self.training else 0.0
         if cache is None or cache.pos == 0:
             if cache is not None:
@@ -116,14 +191,25 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.mlp_hidden
+        # SwiGLU's gate and up projections are one matmul of twice the width, split after it
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation; keep it for parity
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = self.gelu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -131,9 +217,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -150,25 +236,34 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config, config.n_embd),
             )
         )
+        if config.pos_embedding == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # Weight tying (GPT-2 does it): the output projection is the token embedding.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_embeddings:
+            # Weight tying (GPT-2 does it): the output projection is the token embedding.
+            self.lm_head.weight = self.transformer.wte.weight
+        else:
+            self.lm_head.zero_init = config.zero_init_proj
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
+            zero = getattr(module, "zero_init", False)
             if getattr(module, "residual_projection", False):
+                zero = self.config.zero_init_proj  # each block starts as the identity (modded-nanogpt)
                 # Each block adds two residual branches; scaling keeps the residual stream's
                 # variance from growing with depth (GPT-2 paper, section 2.3).
                 std *= (2 * self.config.n_layer) ** -0.5
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if zero:
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -176,7 +271,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # the tied head is counted once
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -188,8 +283,10 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:  # with rope, positions enter inside attention instead
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache)
         if cache is not None:
@@ -209,9 +306,12 @@ class GPT(nn.Module):
         full (B, T, vocab) logits in memory, and returns None for them.
         """
         x = self.hidden_states(idx, cache)
+        cap = self.config.logit_softcap
         if targets is not None and not return_logits:
-            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets)
+            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, softcap=cap)
         logits = self.lm_head(x)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
@@ -244,7 +344,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, softcap: float):
         n = x.size(0)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
@@ -254,6 +354,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for i in range(0, n, chunk):
             xs, ts = x[i : i + chunk], targets[i : i + chunk]
             logits = (xs @ weight.t()).float()
+            if softcap:  # logits = cap * tanh(z / cap); keep tanh for the chain rule below
+                squash = logits.div_(softcap).tanh_()
+                logits = squash * softcap
             lse = torch.logsumexp(logits, dim=-1)
             safe_t = ts.clamp(min=0)
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
@@ -265,6 +368,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             # the data, which would cost a device sync and break torch.compile's graph.
             grad = logits.sub_(torch.where(mask, lse, torch.inf)[:, None]).exp_()
             grad[torch.arange(grad.size(0), device=grad.device), safe_t] -= mask.to(grad.dtype)
+            if softcap:
+                grad.mul_(1 - squash.square_())  # d(cap * tanh(z / cap))/dz = 1 - tanh^2
             grad = grad.to(x.dtype)
             grad_x[i : i + chunk] = grad @ weight
             part = grad.t() @ xs
@@ -280,7 +385,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         grad_x, grad_w, count = ctx.saved_tensors
         scale = grad_out / count
-        return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None
+        return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None, None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -296,7 +401,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def fused_linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 2048
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 2048, softcap: float = 0.0
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore).
 
@@ -315,11 +420,13 @@ def fused_linear_cross_entropy(
     targets = targets.reshape(-1)
     with torch.autocast(device_type=x.device.type, enabled=False):
         if torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad):
-            return _FusedLinearCrossEntropy.apply(x2, weight, targets, chunk)
+            return _FusedLinearCrossEntropy.apply(x2, weight, targets, chunk, softcap)
         # evaluation: the same loss, without computing gradients nobody will use
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for i in range(0, x2.size(0), chunk):
             logits = (x2[i : i + chunk] @ weight.t()).float()
+            if softcap:
+                logits = softcap * torch.tanh(logits / softcap)
             total += F.cross_entropy(logits, targets[i : i + chunk], ignore_index=-1, reduction="sum")
         return total / (targets != -1).sum().clamp(min=1)
 

@@ -1,4 +1,4 @@
-"""AdamW with GPT-2's two parameter groups, and the warmup + cosine learning-rate schedule."""
+"""Optimizers (AdamW with GPT-2's two parameter groups, or Muon + AdamW) and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from gptscratch.errors import UserError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -24,6 +26,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float, device_type: str):
+    """AdamW, fused on CUDA (one kernel for all parameters), foreach elsewhere."""
+    kwargs: dict = {}
+    sig = inspect.signature(torch.optim.AdamW).parameters
+    if device_type == "cuda" and "fused" in sig:
+        kwargs["fused"] = True
+    elif "foreach" in sig:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
+
+
 def configure_optimizer(
     model: nn.Module,
     lr: float,
@@ -32,21 +45,87 @@ def configure_optimizer(
     eps: float = 1e-8,
     device_type: str = "cpu",
 ) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, fused on CUDA (one kernel for all parameters), foreach elsewhere."""
-    kwargs: dict = {}
-    sig = inspect.signature(torch.optim.AdamW).parameters
-    if device_type == "cuda" and "fused" in sig:
-        kwargs["fused"] = True
-    elif "foreach" in sig:
-        kwargs["foreach"] = True
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **kwargs)
+    """AdamW over `param_groups`."""
+    return _adamw(param_groups(model, weight_decay), lr, betas, eps, device_type)
 
 
-def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Linear warmup from max_lr/warmup_steps to max_lr, then cosine decay to min_lr at max_steps."""
+class MuonAdamW:
+    """Muon for the 2-D matrices inside the blocks, AdamW for embeddings, head, gains and biases.
+
+    Muon orthogonalises each matrix's momentum (Newton-Schulz), which suits hidden matmuls but not
+    embeddings (a lookup, not a map) or the head (nanochat and modded-nanogpt keep Adam for both).
+    One object that the loop steps, zeroes and checkpoints like a single optimizer; every group keeps
+    its own peak lr in `group["peak_lr"]`, which the schedule scales. Under DDP, gradients arrive
+    all-reduced, so each rank runs the same Newton-Schulz on the whole matrix: redundant work, but
+    exact, and small next to the forward and backward at these sizes.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, muon_lr: float, momentum: float, weight_decay: float,
+                 betas: tuple[float, float], eps: float, device_type: str):
+        if not hasattr(torch.optim, "Muon"):
+            raise UserError(f"--optimizer muon needs torch.optim.Muon, which torch {torch.__version__} lacks; "
+                            "upgrade torch")
+        blocks = {id(p) for name, p in model.named_parameters() if ".h." in f".{name}" and p.dim() == 2}
+        matrices = [p for p in model.parameters() if id(p) in blocks]
+        rest = {id(p): p for p in model.parameters() if id(p) not in blocks}  # the tied head counted once
+        self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
+                                     nesterov=True, adjust_lr_fn="match_rms_adamw")
+        self.adamw = _adamw([{"params": [p for p in rest.values() if p.dim() >= 2], "weight_decay": weight_decay},
+                             {"params": [p for p in rest.values() if p.dim() < 2], "weight_decay": 0.0}],
+                            lr, betas, eps, device_type)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise UserError("the checkpoint's optimizer state is not Muon + AdamW; resume with its --optimizer")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def build_optimizer(model: nn.Module, cfg, device_type: str):
+    """The optimizer `cfg.optimizer` names; each param group's `peak_lr` is what the schedule scales."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        opt = MuonAdamW(model, cfg.lr, cfg.muon_lr or cfg.lr, cfg.muon_momentum, cfg.weight_decay, betas, cfg.eps,
+                        device_type)
+    else:
+        opt = configure_optimizer(model, cfg.lr, cfg.weight_decay, betas, cfg.eps, device_type)
+    for group in opt.param_groups:
+        group["peak_lr"] = group["lr"]
+    return opt
+
+
+def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int, schedule: str = "cosine",
+          decay_frac: float = 0.2) -> float:
+    """Linear warmup from max_lr/warmup_steps to max_lr, then to min_lr at max_steps by `schedule`:
+
+    cosine: half a cosine over all the steps after warmup (GPT-2/GPT-3).
+    wsd: constant at max_lr, then linear to min_lr over the last `decay_frac` of max_steps (warmup-
+    stable-decay, as nanochat and modded-nanogpt: the constant phase can be extended without
+    knowing the end, and the short decay recovers what a cosine would have).
+    """
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr
+    if schedule == "wsd":
+        decay_start = max(warmup_steps, max_steps - round(decay_frac * max_steps))
+        if step < decay_start:
+            return max_lr
+        return max_lr + (min_lr - max_lr) * (step - decay_start) / max(1, max_steps - decay_start)
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)

@@ -37,7 +37,7 @@ from gptscratch.config import (
 from gptscratch.device import attention_backend, cpu_has_bf16, pick_device
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, flops_per_token
-from gptscratch.optim import configure_optimizer, lr_at
+from gptscratch.optim import build_optimizer, lr_at
 
 DEFAULT_DATA = "data/shakespeare"
 
@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         ckpt.load_weights(model, saved.path / "model.safetensors")
     model.to(device)
     raw_model = model  # evaluation and sampling use the plain module: no recompiles on odd shapes
-    optimizer = configure_optimizer(raw_model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, device.type)
+    optimizer = build_optimizer(raw_model, cfg, device.type)
     start = 0
     if saved is not None:
         optimizer.load_state_dict(saved.optimizer_state())
@@ -386,9 +386,9 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                 raise UserError(f"loss is {loss_value} at step {step}; stopping ({where}); try a lower --lr")
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
             norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["peak_lr"] * lr / cfg.lr
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()

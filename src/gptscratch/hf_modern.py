@@ -1,0 +1,113 @@
+"""Modern-architecture models out to (and back from) transformers' Qwen3 and Llama.
+
+A model with rotary positions, RMSNorm, a SwiGLU MLP and no biases is, weight for weight, a
+`Qwen3ForCausalLM` (with QK-norm: Qwen3 normalises each head's q and k) or a `LlamaForCausalLM`
+(without). The table is short: our fused `c_attn` splits into q/k/v, our fused SwiGLU `c_fc` into
+gate/up, a parameter-free RMSNorm becomes a gain of ones, and the padded vocab rows are dropped.
+Options those architectures cannot express (ReLU^2, a logit soft-cap, LayerNorm, learned positions,
+biases) are refused with the option named, rather than exported into a model that computes otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gptscratch.errors import UserError
+from gptscratch.model import GPT, RMS_EPS, GPTConfig
+
+GPT2_OPTIONS = dict(pos_embedding="learned", norm="layernorm", qk_norm=False, mlp="gelu", tie_embeddings=True,
+                    logit_softcap=0.0)
+
+
+def is_gpt2(config: GPTConfig) -> bool:
+    return all(getattr(config, k) == v for k, v in GPT2_OPTIONS.items())
+
+
+def check_exportable(config: GPTConfig) -> str:
+    """The transformers model_type this config maps onto (qwen3 or llama), or a UserError naming the option."""
+    needs = (("pos_embedding", "rope", "--pos-embedding learned"), ("norm", "rmsnorm", "--norm layernorm"),
+             ("mlp", "swiglu", f"--mlp {config.mlp}"), ("bias", False, "--bias true"),
+             ("logit_softcap", 0.0, f"--logit-softcap {config.logit_softcap}"))
+    for name, want, flag in needs:
+        if getattr(config, name) != want:
+            raise UserError(f"{flag} has no equivalent in transformers' Qwen3 or Llama (they need rope, rmsnorm, "
+                            "swiglu, no soft-cap and no biases); this model can be exported only as itself")
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def config_to_hf(config: GPTConfig, model_type: str) -> dict:
+    head_dim = config.n_embd // config.n_head
+    return {
+        "architectures": ["Qwen3ForCausalLM" if model_type == "qwen3" else "LlamaForCausalLM"],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": RMS_EPS,
+        "rope_theta": config.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def _gain(sd: dict, name: str, dim: int) -> torch.Tensor:
+    """A norm's gain; a parameter-free RMSNorm is RMSNorm with a gain of ones."""
+    return sd[name] if name in sd else torch.ones(dim)
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    config = model.config
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    C, H, V, hd = config.n_embd, config.mlp_hidden, config.vocab_size, config.n_embd // config.n_head
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"][:V],
+           "model.norm.weight": _gain(sd, "transformer.ln_f.weight", C)}
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"][:V]
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.c_attn.weight"].split(C)
+        gate, up = sd[ours + "mlp.c_fc.weight"].split(H)
+        out |= {
+            theirs + "input_layernorm.weight": _gain(sd, ours + "ln_1.weight", C),
+            theirs + "post_attention_layernorm.weight": _gain(sd, ours + "ln_2.weight", C),
+            theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
+            theirs + "self_attn.v_proj.weight": v, theirs + "self_attn.o_proj.weight": sd[ours + "attn.c_proj.weight"],
+            theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up,
+            theirs + "mlp.down_proj.weight": sd[ours + "mlp.c_proj.weight"],
+        }
+        if config.qk_norm:
+            out[theirs + "self_attn.q_norm.weight"] = _gain(sd, ours + "attn.q_norm.weight", hd)
+            out[theirs + "self_attn.k_norm.weight"] = _gain(sd, ours + "attn.k_norm.weight", hd)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_modern(model: GPT, directory: str | os.PathLike) -> Path:
+    """Write config.json and model.safetensors that Qwen3ForCausalLM / LlamaForCausalLM load unchanged."""
+    from safetensors.torch import save_file
+
+    model_type = check_exportable(model.config)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.safetensors.tmp"
+    save_file(to_hf_state_dict(model), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(config_to_hf(model.config, model_type), indent=2) + "\n")
+    os.replace(tmp, out / "config.json")
+    return out
