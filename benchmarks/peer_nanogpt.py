@@ -30,14 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from val_scorer import score, score_run, split_tokens
 
 from gptscratch.config import PRESETS, resolve_config
-from gptscratch.data.shards import find_shards, open_shard
-
-
-def split_tokens(data: Path, split: str) -> np.ndarray:
-    return np.concatenate([np.asarray(open_shard(s.path)) for s in find_shards(data, split)])
 
 
 def nanogpt_workdir(nanogpt: Path, data: Path, work: Path) -> Path:
@@ -106,20 +101,6 @@ def load_nanogpt_model(nanogpt: Path, ckpt: str) -> torch.nn.Module:
     return model
 
 
-@torch.no_grad()
-def score(forward, val: np.ndarray, seq_len: int, batch: int = 16) -> tuple[float, int]:
-    """Mean cross-entropy over every window (seq_len + 1 tokens at stride seq_len) of `val`."""
-    n = (len(val) - 1) // seq_len
-    rows = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(val, seq_len + 1)[::seq_len][:n].astype(np.int64))
-    total, count = 0.0, 0
-    for i in range(0, n, batch):
-        x, y = rows[i:i + batch, :-1].contiguous(), rows[i:i + batch, 1:].contiguous()
-        logits = forward(x, y)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    return total / count, n
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT (omit to run ours only)")
@@ -143,17 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         peer["val_loss"], windows = score(lambda x, y: model(x, y)[0], val, seq_len)
         result["nanogpt"] = peer
         print(f"nanoGPT train.py: val {peer['val_loss']:.4f} over {windows} windows, {peer['s_per_step']:.3f} s/step")
-    from gptscratch.checkpoint import load_model
-
     for shuffle in args.shuffle.split(","):
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             ours = run_ours(args.data, args.out, args.preset, seed, shuffle)
-            model = load_model(ours["run"]).eval()
             ours["seed"] = seed
-            ours["val_loss"], windows = score(lambda x, y, m=model: m(x)[0], val, seq_len)
+            ours["val_loss"] = score_run(Path(ours["run"]), val, seq_len)
             runs.append(ours)
-            print(f"gptscratch --shuffle {shuffle} --seed {seed}: val {ours['val_loss']:.4f} over {windows} windows, "
+            print(f"gptscratch --shuffle {shuffle} --seed {seed}: val {ours['val_loss']:.4f}, "
                   f"{ours['s_per_step']:.3f} s/step", flush=True)
         losses = [r["val_loss"] for r in runs]
         result["ours"][shuffle] = {"runs": runs, "mean": statistics.mean(losses),

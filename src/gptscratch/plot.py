@@ -42,15 +42,42 @@ def _is_fineweb_edu(run_dir: Path) -> bool:
     return "fineweb" in (data + source).lower() and "edu" in (data + source).lower()
 
 
-def _finish_panel(ax, title: str, ylabel: str) -> None:
-    ax.set_xlabel("step")
+def elapsed_seconds(rows: list[dict]) -> dict[int, float]:
+    """Training seconds spent before each step (the sum of the logged step times; evaluation excluded).
+
+    A step not logged (log_interval > 1) is taken to last as long as the last logged one before it.
+    """
+    timed = sorted((r["step"], r["dt_ms"] / 1000) for r in rows if "dt_ms" in r)
+    out: dict[int, float] = {}
+    t, prev_step, prev_dt = 0.0, 0, 0.0
+    for step, dt in timed:
+        t += (step - prev_step) * prev_dt
+        out[step] = t
+        prev_step, prev_dt = step, dt
+    out[prev_step + 1] = t + prev_dt
+    return out
+
+
+def _at_seconds(points: list[tuple[int, float]], elapsed: dict[int, float]) -> list[tuple[float, float]]:
+    steps = sorted(elapsed)
+    out = []
+    for step, value in points:
+        known = max((s for s in steps if s <= step), default=None)
+        if known is not None:
+            out.append((elapsed[known], value))
+    return out
+
+
+def _finish_panel(ax, title: str, ylabel: str, xlabel: str = "step") -> None:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+def plot_runs(run_dirs: list[Path], out: Path, x: str = "step") -> Path:
+    """One PNG of every run's curves; x is "step" or "seconds" (training time, see `elapsed_seconds`)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -63,13 +90,16 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     for run_dir, rows in runs:
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        if x == "seconds":
+            elapsed = elapsed_seconds(rows)
+            train, val = _at_seconds(train, elapsed), _at_seconds(val, elapsed)
         if train:
             line, = ax.plot(*zip(*train, strict=True), alpha=0.6, label=f"{run_dir.name} train")
             if val:
                 ax.plot(*zip(*val, strict=True), "o-", color=line.get_color(), label=f"{run_dir.name} val")
     if any(_is_fineweb_edu(r) for r, _ in runs):
         ax.axhline(GPT2_124M_FINEWEB_EDU_VAL_LOSS, color="red", ls="--", label="OpenAI GPT-2 124M val")
-    _finish_panel(ax, "loss", "loss")
+    _finish_panel(ax, "loss", "loss", "training seconds" if x == "seconds" else "step")
     if has_hs:
         ax = axes[0][1]
         for run_dir, rows in runs:
@@ -94,7 +124,7 @@ def cmd_plot(args) -> int:
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install 'gptscratch[plot]'") from None
     out = Path(args.out) if args.out else Path(args.runs[0]) / "loss.png"
-    plot_runs([Path(r) for r in args.runs], out)
+    plot_runs([Path(r) for r in args.runs], out, x=args.x)
     print(f"wrote {out}")
     return 0
 
@@ -104,4 +134,6 @@ def register(sub) -> None:
                        description="Draw train/val loss (and HellaSwag) from each run's metrics.jsonl into one PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png of the first run)")
+    p.add_argument("--x", choices=("step", "seconds"), default="step",
+                   help="x axis: optimizer steps, or training seconds (step times summed, evaluation excluded)")
     p.set_defaults(func=cmd_plot)
