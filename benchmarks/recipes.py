@@ -1,5 +1,6 @@
 """The GPT-2 recipe against the modern one, and the ablation between them, on your own data.
 
+    python benchmarks/recipes.py numpy-corpus --out data/numpy-src   # the second corpus: Python source
     python benchmarks/recipes.py ablation --data data/shakespeare --seeds 1337
     python benchmarks/recipes.py compare --data data/shakespeare,data/numpy-src --seeds 1337,1,2
 
@@ -44,6 +45,25 @@ ABLATION: list[tuple[str, list[str]]] = [
     ("+softcap", ["--logit-softcap", "15"]),
 ]
 VARIANTS: list[tuple[str, list[str]]] = [("swiglu-for-relu2", ["--mlp", "swiglu"])]  # on top of the full chain
+
+
+def numpy_corpus(out: Path) -> None:
+    """numpy's own Python source (from its PyPI wheel, installed with torch), tests excluded, as a corpus:
+    a different kind of text from Shakespeare (code: indentation, identifiers, docstrings), about as large."""
+    import shutil
+    import tempfile
+
+    import numpy
+
+    from gptscratch.data.prepare import prepare
+
+    root = Path(numpy.__file__).parent
+    files = sorted(p for p in root.rglob("*.py") if "tests" not in p.parts)
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:  # prepare reads .txt files, one document each
+            shutil.copyfile(f, Path(tmp) / ("_".join(f.relative_to(root).parts) + ".txt"))
+        prepare(tmp, out, seed=0, progress=False)
+    print(f"numpy {numpy.__version__}: {len(files)} files -> {out}")
 
 
 def train_run(data: Path, out: Path, preset: str, seed: int, settings: list[str], eval_interval: int) -> dict:
@@ -103,7 +123,7 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("ablation", "compare"))
+    p.add_argument("mode", choices=("ablation", "compare", "numpy-corpus"))
     p.add_argument("--data", default="data/shakespeare", help="prepared corpora, comma-separated")
     p.add_argument("--seeds", default="1337")
     p.add_argument("--base", default="demo", help="the GPT-2 recipe's preset")
@@ -112,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="ablation: run only these step names (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("runs/recipes"))
     args = p.parse_args(argv)
+    if args.mode == "numpy-corpus":
+        numpy_corpus(args.out)
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     result: dict = {"mode": args.mode, "corpora": {}}
     for data in (Path(d) for d in args.data.split(",")):

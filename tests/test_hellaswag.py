@@ -341,3 +341,20 @@ def test_offline_download_names_file_flag(monkeypatch, tmp_path, hf_pair, capsys
     assert main(["eval", "hellaswag", "--hf", hf_pair[1]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot download" in err[0] and "--file" in err[0]
+
+
+def test_modern_model_matches_its_qwen3_export(tmp_path):
+    """HellaSwag scoring of a rotary/RMSNorm/QK-norm/SwiGLU model, against transformers' Qwen3 on its export."""
+    transformers = pytest.importorskip("transformers")
+    from gptscratch.hf import save_hf
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=BLOCK, n_layer=2, n_head=2, n_embd=64, vocab_multiple=64, bias=False,
+                          pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False))
+    save_hf(model, tmp_path / "qwen3")
+    qwen3 = transformers.Qwen3ForCausalLM.from_pretrained(tmp_path / "qwen3").eval()
+    examples = make_examples(6)
+    sums, means = ending_losses(model, examples, "cpu", batch_size=3)
+    ref_sums, ref_means = reference_losses(qwen3, examples, BLOCK)
+    torch.testing.assert_close(sums, ref_sums.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(means, ref_means.float(), rtol=1e-4, atol=1e-4)

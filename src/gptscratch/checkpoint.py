@@ -85,7 +85,7 @@ def load_weights(model: GPT, path: Path) -> None:
     from gptscratch.hf import read_safetensors
 
     sd = read_safetensors(path)
-    expected = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    expected = stored_weights(model)
     if set(sd) != set(expected):
         raise UserError(f"{path}: its weights are not those of a gptscratch GPT of this shape")
     for k, v in sd.items():
@@ -93,7 +93,15 @@ def load_weights(model: GPT, path: Path) -> None:
             raise UserError(
                 f"{path}: weight {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}"
             )
-    model.load_state_dict({**sd, "lm_head.weight": sd["transformer.wte.weight"]})
+    if model.config.tie_embeddings:
+        sd = {**sd, "lm_head.weight": sd["transformer.wte.weight"]}
+    model.load_state_dict(sd)
+
+
+def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict as a checkpoint stores it: a tied LM head once, as `transformer.wte.weight`."""
+    tied = model.config.tie_embeddings
+    return {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
 
 
 def save_checkpoint(
@@ -115,7 +123,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     for rank, state in enumerate(rng_states):

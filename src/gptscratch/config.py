@@ -144,7 +144,7 @@ PRESETS: dict[str, dict] = {
     # Muon for the blocks' matrices, warmup-stable-decay): about as long on 2 CPU cores, a lower val
     # loss sooner (benchmarks/RESULTS.md, "Two recipes").
     "modern-demo": dict(
-        dtype="float32", arch="modern", optimizer="muon", schedule="wsd", decay_frac=0.3,
+        dtype="float32", arch="modern", optimizer="muon", schedule="wsd",
         n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
         warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
         sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,

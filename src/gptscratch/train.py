@@ -290,6 +290,9 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     optimizer = build_optimizer(raw_model, cfg, device.type)
     start = 0
     if saved is not None:
+        if saved.config.get("optimizer", "adamw") != cfg.optimizer:
+            raise UserError(f"{saved.path}: trained with --optimizer {saved.config.get('optimizer', 'adamw')}, "
+                            f"not {cfg.optimizer}; resume with the optimizer whose state it holds")
         optimizer.load_state_dict(saved.optimizer_state())
         train_loader.load_state_dict(saved.loader_states[min(d.rank, saved.world_size - 1)])
         ckpt.set_rng_state(saved.rng_state(min(d.rank, saved.world_size - 1)))
