@@ -12,7 +12,9 @@ of seq_len + 1 tokens at stride seq_len), each model through its own forward (na
 GELU, ours GPT-2's tanh form), so neither trainer's own estimate decides. s/step is the median of
 each trainer's logged step times (nanoGPT's `iter N: ... time` lines, our metrics.jsonl `dt_ms`).
 
-nanoGPT fixes its seed in train.py (1337), so it runs once; ours runs once per seed and batch order.
+nanoGPT fixes its seed in train.py (`torch.manual_seed(1337 + seed_offset)`); `--nanogpt-seeds 1337,1,2`
+runs its unchanged train.py under a launcher that adds (seed - 1337) to that call, so it too gets several
+seeds. Ours runs once per seed and batch order.
 The last line printed is one JSON object with every figure.
 """
 
@@ -63,17 +65,24 @@ def nanogpt_args(preset: str, out: Path) -> list[str]:
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
-def run_nanogpt(nanogpt: Path, data: Path, out: Path, preset: str) -> dict:
+# runs train.py as `python train.py ARGS` would, with its one torch.manual_seed call shifted
+SEED_LAUNCHER = ("import runpy, sys, torch; seed = torch.manual_seed; "
+                 "torch.manual_seed = lambda s: seed(s + {offset}); sys.argv[0] = 'train.py'; "
+                 "runpy.run_path('train.py', run_name='__main__')")
+
+
+def run_nanogpt(nanogpt: Path, data: Path, out: Path, preset: str, seed: int = 1337) -> dict:
     work = nanogpt_workdir(nanogpt, data, out / "nanogpt-work")
-    ckpt_dir = (out / "nanogpt").resolve()  # train.py runs in `work`
+    ckpt_dir = (out / f"nanogpt-{seed}").resolve()  # train.py runs in `work`
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "train.py", *nanogpt_args(preset, ckpt_dir)], cwd=work,
+    launch = ["train.py"] if seed == 1337 else ["-c", SEED_LAUNCHER.format(offset=seed - 1337)]
+    proc = subprocess.run([sys.executable, *launch, *nanogpt_args(preset, ckpt_dir)], cwd=work,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"nanoGPT's train.py failed:\n{proc.stderr[-3000:]}")
-    (out / "nanogpt.log").write_text(proc.stdout)
+    (out / f"nanogpt-{seed}.log").write_text(proc.stdout)
     times = [float(m) for m in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
-    return {"ckpt": str(ckpt_dir / "ckpt.pt"), "s_per_step": statistics.median(times[1:]) / 1000,
+    return {"seed": seed, "ckpt": str(ckpt_dir / "ckpt.pt"), "s_per_step": statistics.median(times[1:]) / 1000,
             "wall_s": round(time.time() - t0, 1)}
 
 
@@ -109,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="demo")
     p.add_argument("--seeds", default="1337,1,2")
     p.add_argument("--shuffle", default="rows", help="our batch orders to run, comma-separated")
+    p.add_argument("--nanogpt-seeds", default="1337", help="nanoGPT's seeds (1337 is its own, unpatched)")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     if not (args.data / "manifest.json").exists():
@@ -119,12 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     val = split_tokens(args.data, "val")
     result: dict = {"preset": args.preset, "settings": PRESETS[args.preset], "data": str(args.data), "ours": {}}
     if args.nanogpt:
-        peer = run_nanogpt(args.nanogpt, args.data, args.out, args.preset)
-        model = load_nanogpt_model(args.nanogpt, peer["ckpt"]).eval()
-        peer["val_loss"], windows = score(lambda x, y: model(x, y)[0], val, seq_len)
-        result["nanogpt"] = peer
-        print(f"nanoGPT train.py: val {peer['val_loss']:.4f} over {windows} windows, {peer['s_per_step']:.3f} s/step")
-    for shuffle in args.shuffle.split(","):
+        peers = []
+        for seed in (int(x) for x in args.nanogpt_seeds.split(",")):
+            peer = run_nanogpt(args.nanogpt, args.data, args.out, args.preset, seed)
+            model = load_nanogpt_model(args.nanogpt, peer["ckpt"]).eval()
+            peer["val_loss"], windows = score(lambda x, y, m=model: m(x, y)[0], val, seq_len)
+            peers.append(peer)
+            print(f"nanoGPT train.py --seed {seed}: val {peer['val_loss']:.4f} over {windows} windows, "
+                  f"{peer['s_per_step']:.3f} s/step", flush=True)
+        losses = [r["val_loss"] for r in peers]
+        result["nanogpt"] = {"runs": peers, "mean": statistics.mean(losses),
+                             "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                             "s_per_step": statistics.median(r["s_per_step"] for r in peers)}
+    for shuffle in filter(None, args.shuffle.split(",")):
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             ours = run_ours(args.data, args.out, args.preset, seed, shuffle)
