@@ -1,0 +1,35 @@
+"""The quality-comparison scripts' arithmetic: the one val scorer and the seconds-to-target reading."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from recipes import seconds_to_reach  # noqa: E402
+from val_scorer import score  # noqa: E402
+
+
+def test_score_reads_every_window_once():
+    val = np.arange(10 * 8 + 3)  # 10 full windows of 8 (+1 for y), 2 tokens of tail
+    loss, windows = score(lambda x, y: torch.zeros(*x.shape, 200), val, seq_len=8, batch=3)
+    assert windows == 10 and loss == pytest.approx(math.log(200))  # uniform logits: ln V per token
+    torch.manual_seed(0)
+    table = torch.randn(200, 200)  # a bigram model: logits depend on the current token only
+    got, _ = score(lambda x, y: table[x], val, seq_len=8, batch=4)
+    rows = torch.from_numpy(val[:81].astype(np.int64))
+    want = F.cross_entropy(table[rows[:-1]], rows[1:])  # the stream in one piece: the same 80 predictions
+    assert got == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_seconds_to_reach_interpolates_the_first_crossing():
+    curve = [(0.0, 10.0), (10.0, 6.0), (20.0, 5.0), (30.0, 4.5), (40.0, 4.8)]
+    assert seconds_to_reach(curve, 5.5) == pytest.approx(15.0)
+    assert seconds_to_reach(curve, 5.0) == pytest.approx(20.0)
+    assert seconds_to_reach(curve, 4.5) == pytest.approx(30.0)
+    assert seconds_to_reach(curve, 4.0) is None
+    assert seconds_to_reach(curve, 11.0) == 0.0
