@@ -323,6 +323,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert code == 0
 
 
+def test_damaged_jsonl_csv_and_gzip_exit_2_with_one_line(tmp_path, capsys):
+    good = "".join(json.dumps({"text": f"document {i} " * 30}) + "\n" for i in range(200)).encode()
+    files = {
+        "latin1.jsonl": b'{"text": "caf\xe9"}\n',
+        "latin1.csv": b"text\ncaf\xe9 au lait\n",
+        "notgzip.jsonl.gz": good,
+        "truncated.jsonl.gz": gzip.compress(good)[:200],
+    }
+    messages = {"latin1.jsonl": "not valid UTF-8", "latin1.csv": "not valid UTF-8",
+                "notgzip.jsonl.gz": "not a complete gzip file", "truncated.jsonl.gz": "not a complete gzip file"}
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, err = run_cli(capsys, str(path), "--out", str(tmp_path / f"out-{name}"))
+        assert code == 2, name
+        assert f"{path}: {messages[name]}" in err and len(err.splitlines()) == 1, err
+
+
 def test_errors_replace_substitutes_u_fffd(tmp_path):
     bad = tmp_path / "c"
     bad.mkdir()

@@ -9,6 +9,7 @@ numbers and a hub dataset can skip rows natively instead of reading them again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import glob
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +238,20 @@ def _decode(data: bytes, where: str, errors: str) -> str:
                         "pass --errors replace to substitute U+FFFD") from e
 
 
+@contextlib.contextmanager
+def _reading(path: Path, errors: str):
+    """Turn what a damaged or mislabelled file raises mid-read into one line naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        hint = "; pass --errors replace to substitute U+FFFD" if errors == "strict" else ""
+        raise UserError(f"{path}: not valid UTF-8 at byte {e.start} ({e.reason}){hint}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: not a complete gzip file ({e or type(e).__name__}); truncated or not gzip?") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
 def _open_text(path: Path, errors: str):
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors, newline="")
@@ -251,7 +267,7 @@ def iter_txt(path: Path, split_docs_on: str | None, errors: str) -> Iterator[str
 
 
 def iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
-    with _open_text(path, errors) as f:
+    with _reading(path, errors), _open_text(path, errors) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -268,7 +284,7 @@ def iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
 
 def iter_csv(path: Path, text_field: str, errors: str) -> Iterator[str]:
     csv.field_size_limit(2**31 - 1)  # documents are long; the default limit is 128 KiB
-    with _open_text(path, errors) as f:
+    with _reading(path, errors), _open_text(path, errors) as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or text_field not in reader.fieldnames:
             fields = ", ".join(reader.fieldnames or [])
