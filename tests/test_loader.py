@@ -272,3 +272,28 @@ def test_rows_keep_memory_flat(tmp_path):
         loader.next_batch()
     assert len(loader._blocks) <= 4  # a few blocks of the row order, never the whole permutation
     assert len(loader._open) <= 40
+
+
+def test_a_shard_changed_since_prepare_is_refused(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"document {i} " + "words " * (i % 50) for i in range(300)))
+    out = tmp_path / "out"
+    prepare(str(corpus), out, split_docs_on="\n\n", val_tokens=500, workers=1, progress=False)
+    loader = TokenLoader(out, "train", batch_size=2, seq_len=16, shuffle="rows")
+    loader.next_batch()  # intact: the hash matches
+    shard = next(out.glob("*_train_*.bin"))
+    data = bytearray(shard.read_bytes())
+    data[-2:] = (int.from_bytes(data[-2:], "little") ^ 1).to_bytes(2, "little")  # one token id changed
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="sha256 differs from the manifest"):
+        TokenLoader(out, "train", batch_size=2, seq_len=16).next_batch()
+
+
+@pytest.mark.parametrize("name", ["../elsewhere_train_000001.bin", "/tmp/x_train_000001.bin", "sub/x_train_000001.bin"])
+def test_manifest_paths_outside_the_data_directory_are_refused(tmp_path, name):
+    d = tmp_path / "data"
+    numbered_shards(d, [500])
+    manifest = {"shards": [{"file": name, "split": "train", "tokens": 500}]}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="not a plain file name"):
+        TokenLoader(d, "train", 2, 10)

@@ -31,7 +31,8 @@ position is the batch counter `step`, so `state_dict()` is a few ints, equal on 
 
 Shards are memory-mapped when first read (at most two at a time for the sequential modes; with rows,
 up to OPEN_SHARDS_ROWS, since a batch may touch many): a mapping costs address space, not memory.
-Each shard's ids are checked against the vocab size once, when first opened.
+Each shard is checked once, when first opened: its sha256 against the manifest's (when there is one)
+and its ids against the vocab size.
 """
 
 from __future__ import annotations
@@ -249,7 +250,8 @@ class TokenLoader:
             self._open.move_to_end(shard)
             return self._open[shard]
         info = self.shards[shard]
-        tokens = open_shard(info.path, check_vocab=info.path not in self._checked)
+        first = info.path not in self._checked  # checked once per process, however often remapped
+        tokens = open_shard(info.path, check_vocab=first, sha256=info.sha256 if first else None)
         self._checked.add(info.path)
         self._open[shard] = np.asarray(tokens)  # a plain view of the map: memmap's indexing costs more
         while len(self._open) > self._max_open:
