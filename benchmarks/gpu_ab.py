@@ -41,7 +41,8 @@ from gptscratch.bench import PeakMemory, alternate, sync
 from gptscratch.config import COMPILE_MODES, CUDAGRAPH_MODES
 from gptscratch.device import ATTENTION_BACKENDS, attention_backend
 from gptscratch.errors import UserError
-from gptscratch.model import GPT, GPTConfig, flops_per_token
+from gptscratch.mfu import flops_per_token
+from gptscratch.model import GPT, GPTConfig
 from gptscratch.optim import configure_optimizer
 
 DEFAULT_VARIANTS = "full,chunked,full+cudnn,chunked+cudnn,chunked+b128,full+cdt,full+max-autotune-no-cudagraphs"

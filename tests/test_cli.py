@@ -31,7 +31,7 @@ def test_greedy_sample_streams_transformers_greedy_text(hf_tiny, capsys):
 
 
 def test_pytorch_model_bin_loads_too(hf_tiny, tmp_path):
-    from gptscratch.model import GPT
+    from gptscratch.hf import load_hf
 
     hf, path = hf_tiny
     # the older layout: config.json + a pickled state dict (transformers 5 no longer writes it)
@@ -40,7 +40,7 @@ def test_pytorch_model_bin_loads_too(hf_tiny, tmp_path):
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     x = torch.randint(0, 50257, (1, 10))
     with torch.no_grad():
-        assert (GPT.from_pretrained(str(tmp_path / "bin"))(x)[0] - hf(x).logits).abs().max() <= 1e-5
+        assert (load_hf(str(tmp_path / "bin"))(x)[0] - hf(x).logits).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize(

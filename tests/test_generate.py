@@ -3,6 +3,7 @@ import torch
 
 from gptscratch.errors import UserError
 from gptscratch.generate import filter_logits, generate, generate_many
+from gptscratch.hf import load_hf
 from gptscratch.model import GPT, GPTConfig
 
 
@@ -26,7 +27,7 @@ def test_cached_and_uncached_greedy_identical(tiny):
 
 def test_greedy_equals_transformers_generate(hf_tiny):
     hf, path = hf_tiny
-    ours = GPT.from_pretrained(str(path)).eval()
+    ours = load_hf(str(path)).eval()
     p = prompt(t=6, b=2)
     ref = hf.generate(p, max_new_tokens=30, do_sample=False, pad_token_id=50256,
                       attention_mask=torch.ones_like(p))

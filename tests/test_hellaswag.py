@@ -24,6 +24,7 @@ from gptscratch.evaluate.hellaswag import (
     hellaswag_eval,
     load_examples,
 )
+from gptscratch.hf import load_hf
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.tokenizer import get_encoding
 
@@ -123,7 +124,7 @@ def test_matches_unbatched_transformers_loop(hf_pair, vocab_multiple):
     assert max(lengths) > BLOCK and min(lengths) < BLOCK // 2  # cropping and padding both happen
     assert len({len(enc.encode(" " + e)) for ex in examples for e in ex.endings}) > 5
 
-    model = GPT.from_pretrained(directory, vocab_multiple=vocab_multiple)
+    model = load_hf(directory, vocab_multiple=vocab_multiple)
     # vocab_multiple=64 adds 47 padded rows; give them large logits: they must stay out of the softmax.
     with torch.no_grad():
         model.transformer.wte.weight[model.config.vocab_size :].normal_(0.0, 1.0)
@@ -170,7 +171,7 @@ def test_trained_model_picks_the_ending_it_learned():
 
 
 def test_eval_mode_during_scoring_and_restored_after(hf_pair):
-    model = GPT.from_pretrained(hf_pair[1])
+    model = load_hf(hf_pair[1])
     seen = []
     model.register_forward_hook(lambda module, args, out: seen.append(module.training))
     for mode in (True, False):
@@ -185,11 +186,11 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from gptscratch.evaluate.hellaswag import hellaswag_eval, load_examples
-    from gptscratch.model import GPT
+    from gptscratch.hf import load_hf
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    result = hellaswag_eval(GPT.from_pretrained(sys.argv[1]), load_examples(sys.argv[2]), "cpu",
+    result = hellaswag_eval(load_hf(sys.argv[1]), load_examples(sys.argv[2]), "cpu",
                             batch_size=2, rank=rank, world_size=world)
     with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:
         json.dump(result, f)
@@ -218,7 +219,7 @@ def test_two_gloo_ranks_give_the_one_rank_totals(hf_pair, data_file, tmp_path):
     for p in procs:
         out, _ = p.communicate(timeout=180)
         assert p.returncode == 0, out
-    one_rank = hellaswag_eval(GPT.from_pretrained(hf_pair[1]), load_examples(data_file), "cpu", batch_size=2)
+    one_rank = hellaswag_eval(load_hf(hf_pair[1]), load_examples(data_file), "cpu", batch_size=2)
     assert one_rank["n"] == 11  # odd, so the two shards differ in size (6 and 5)
     for r in range(2):
         assert json.loads((tmp_path / f"rank{r}.json").read_text()) == one_rank
@@ -289,7 +290,7 @@ def test_cli_json_matches_the_function(hf_pair, data_file, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     got = json.loads(out[0])
-    model = GPT.from_pretrained(hf_pair[1])
+    model = load_hf(hf_pair[1])
     want = hellaswag_eval(model, load_examples(data_file, limit=7), "cpu", batch_size=2)
     assert got == {"n": 7, "acc": want["acc"], "acc_norm": want["acc_norm"]}
 

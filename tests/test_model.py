@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from gptscratch.errors import UserError
+from gptscratch.hf import load_hf, save_hf
 from gptscratch.model import GPT, GPTConfig, fused_linear_cross_entropy
 
 
@@ -16,7 +17,7 @@ def tokens(n=2, t=40, seed=1):
 
 def test_hf_to_ours_logits_and_loss_match(hf_tiny):
     hf, path = hf_tiny
-    ours = GPT.from_pretrained(str(path)).eval()
+    ours = load_hf(str(path)).eval()
     x = tokens()
     with torch.no_grad():
         ref = hf(x, labels=x)
@@ -27,8 +28,8 @@ def test_hf_to_ours_logits_and_loss_match(hf_tiny):
 
 def test_ours_to_hf_round_trip(hf_tiny, tmp_path):
     _, path = hf_tiny
-    ours = GPT.from_pretrained(str(path)).eval()
-    ours.save_pretrained(str(tmp_path / "export"))
+    ours = load_hf(str(path)).eval()
+    save_hf(ours, str(tmp_path / "export"))
     back = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     x = tokens()
     with torch.no_grad():
@@ -39,7 +40,7 @@ def test_padded_vocab_export_trims_rows(tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, vocab_multiple=64)).eval()
     assert model.lm_head.weight.shape[0] == 50304
-    model.save_pretrained(str(tmp_path))
+    save_hf(model, str(tmp_path))
     back = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert back.config.vocab_size == 50257
     x = tokens(t=16)
@@ -111,7 +112,7 @@ def test_kv_cache_forward_equals_full_forward():
 def test_not_gpt2_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
     with pytest.raises(UserError, match="model_type"):
-        GPT.from_pretrained(str(tmp_path))
+        load_hf(str(tmp_path))
 
 
 def test_truncated_safetensors_is_refused(hf_tiny, tmp_path):
@@ -119,15 +120,15 @@ def test_truncated_safetensors_is_refused(hf_tiny, tmp_path):
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="truncated or corrupt"):
-        GPT.from_pretrained(str(path))
+        load_hf(str(path))
 
 
 def test_missing_directory_is_refused(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
-        GPT.from_pretrained(str(tmp_path / "nope"))
+        load_hf(str(tmp_path / "nope"))
 
 
 def test_hub_id_offline_names_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="local directory"):
-        GPT.from_pretrained("gpt2")
+        load_hf("gpt2")

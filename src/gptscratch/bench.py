@@ -174,7 +174,7 @@ def hf_twin(model, attn_implementation: str = "sdpa"):
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise UserError("the benchmarks compare against transformers: pip install 'gptscratch[hf]'") from None
-    from gptscratch.hf import CONV1D_SUFFIXES, config_to_hf
+    from gptscratch.hf import config_to_hf, to_hf_state_dict
 
     cfg = config_to_hf(model.config)
     cfg.pop("torch_dtype", None)
@@ -182,12 +182,7 @@ def hf_twin(model, attn_implementation: str = "sdpa"):
     # no bos/eos so that generate never stops early, and a pad id so that it does not warn
     cfg.update(vocab_size=model.config.padded_vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=0)
     hf = GPT2LMHeadModel._from_config(GPT2Config(**cfg), attn_implementation=attn_implementation)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied to wte in both models
-        state[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).detach().clone()
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model, trim_vocab=False), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
         raise RuntimeError(f"transformers twin: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -321,7 +316,8 @@ def bench_train(shape: Shape, device: torch.device, dtype: torch.dtype, compile:
 def _bench_train_at(shape: Shape, device: torch.device, dtype: torch.dtype, compile: bool, repeats: int,
                     steps_per_repeat: int, warmup: int, seed: int, log: Callable[[str], None],
                     fake_oom_above: int | None, progress: dict) -> dict:
-    from gptscratch.model import GPT, flops_per_token
+    from gptscratch.mfu import flops_per_token
+    from gptscratch.model import GPT
     from gptscratch.optim import configure_optimizer
 
     if fake_oom_above is not None and shape.batch_size > fake_oom_above:

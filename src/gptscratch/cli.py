@@ -27,9 +27,9 @@ def load_model_arg(args: argparse.Namespace, device):
     if bool(args.hf) == bool(args.ckpt):
         raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
     if args.hf:
-        from gptscratch.model import GPT
+        from gptscratch.hf import load_hf
 
-        model = GPT.from_pretrained(args.hf)
+        model = load_hf(args.hf)
     else:
         from gptscratch.checkpoint import load_model
 
@@ -87,9 +87,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from gptscratch.checkpoint import load_model
+    from gptscratch.hf import save_hf
 
-    model = load_model(args.ckpt)
-    path = model.save_pretrained(args.out) or args.out
+    path = save_hf(load_model(args.ckpt), args.out)
     arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
     print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
     return 0

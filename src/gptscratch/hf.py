@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from gptscratch.errors import UserError
+from gptscratch.io import atomic_path, read_safetensors, write_json
 from gptscratch.model import GPT, GPTConfig
 
 # Weights stored by Conv1D, which need a transpose either way.
@@ -108,17 +109,6 @@ def _resolve(path_or_id: str) -> Path:
     return Path(local)
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; a truncated or corrupt file is a UserError naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
-
-
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     st = directory / "model.safetensors"
     if st.exists():
@@ -133,6 +123,7 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
+    """A Hugging Face GPT2LMHeadModel checkpoint (a local directory or a hub id like `gpt2`) as our GPT."""
     directory = _resolve(path_or_id)
     cfg_path = directory / "config.json"
     try:
@@ -172,8 +163,24 @@ def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
     return model
 
 
+def to_hf_state_dict(model: GPT, trim_vocab: bool = True) -> dict[str, torch.Tensor]:
+    """`model`'s weights as transformers' GPT2LMHeadModel holds them: the Conv1D weights transposed and
+    the tied LM head left out (transformers ties it again on load). `trim_vocab` drops the padded rows of
+    the embedding, which a GPT-2 checkpoint does not have; the benchmarks keep them, so that both models
+    multiply by the same padded head."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        t = tensor.detach()
+        if trim_vocab and name == "transformer.wte.weight":
+            t = t[: model.config.vocab_size]
+        out[name] = t.t() if name.endswith(CONV1D_SUFFIXES) else t
+    return out
+
+
 def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors, each to a temporary name first, then renamed.
+    """Write config.json and model.safetensors that transformers loads unchanged.
 
     A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf_modern).
     """
@@ -187,21 +194,8 @@ def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
         raise UserError("--bias false has no GPT2LMHeadModel equivalent (GPT-2 always has biases)")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied; transformers re-ties it on load
-        t = tensor.detach().to("cpu", torch.float32)
-        if name == "transformer.wte.weight":
-            t = t[: config.vocab_size]  # drop padding rows
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        tensors[name] = t.contiguous()
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
+    tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in to_hf_state_dict(model).items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(out / "config.json", config_to_hf(model.config))
     return out

@@ -1,4 +1,5 @@
-"""Model FLOPs utilisation: achieved training FLOP/s as a fraction of the GPU's nominal bf16 peak.
+"""Model FLOPs utilisation: the FLOPs a training token costs, and the FLOP/s achieved as a fraction of the GPU's
+nominal bf16 peak.
 
 The peaks are the vendors' dense bf16 tensor-core figures (no 2:4 sparsity), from the datasheets. A GPU
 not in the table gets None, and callers print "unknown GPU, no MFU" rather than guess a figure: an MFU
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 
 import torch
+
+from gptscratch.model import GPTConfig
 
 # (pattern matched against torch.cuda.get_device_name(), upper-cased; dense bf16 TFLOPS). First match
 # wins, so variants (PCIe, NVL) come before the plain name. Word boundaries keep A10 from matching
@@ -40,16 +43,6 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def device_name(device: torch.device | str | None = None) -> str:
-    """'NVIDIA H100 80GB HBM3' for a CUDA device, 'cpu' for the CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 def peak_flops(device: torch.device | str | None = None) -> float | None:
     """Nominal dense bf16 peak in FLOP/s (989e12 for an H100 SXM) of `device`, or None when unknown.
 
@@ -72,6 +65,12 @@ def peak_flops(device: torch.device | str | None = None) -> float | None:
     return None if tflops is None else tflops * 1e12
 
 
+def flops_per_token(config: GPTConfig, seq_len: int, n_params: int) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6N for the matmuls plus 12·L·H·Q·T for attention."""
+    head_dim = config.n_embd // config.n_head
+    return 6 * n_params + 12 * config.n_layer * config.n_head * head_dim * seq_len
+
+
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
     """Fraction (0..1) of `peak` FLOP/s achieved at `tokens_per_s`, each costing `flops_per_token`."""
     if peak <= 0:
@@ -79,4 +78,4 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:
     return tokens_per_s * flops_per_token / peak
 
 
-__all__ = ["PEAK_BF16_TFLOPS", "device_name", "mfu", "peak_flops", "peak_tflops"]
+__all__ = ["PEAK_BF16_TFLOPS", "flops_per_token", "mfu", "peak_flops", "peak_tflops"]

@@ -108,15 +108,6 @@ class Rotary(nn.Module):
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-# Named model shapes. The GPT-2 family first, then small ones for CPUs and tests.
-MODEL_PRESETS: dict[str, dict] = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-}
-
-
 class KVCache:
     """Keys and values of the tokens seen so far, one preallocated buffer per layer.
 
@@ -130,7 +121,6 @@ class KVCache:
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # tokens already stored
-        self.capacity = config.block_size
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values for `layer`; return all keys/values up to and including them."""
@@ -269,11 +259,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # the tied head is counted once
-        if non_embedding and "wpe" in self.transformer:
-            n -= self.transformer.wpe.weight.numel()
-        return n
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied head is counted once
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final LayerNorm's output, (B, T, n_embd): everything but the LM head."""
@@ -320,19 +307,6 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
         ref = self.lm_head.weight
         return KVCache(self.config, batch_size, device or ref.device, dtype or ref.dtype)
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str, **kwargs) -> GPT:
-        """Load a Hugging Face GPT2LMHeadModel checkpoint: a local directory or a hub id like `gpt2`."""
-        from gptscratch.hf import load_hf
-
-        return load_hf(path_or_id, **kwargs)
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads unchanged."""
-        from gptscratch.hf import save_hf
-
-        save_hf(self, directory)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -431,10 +405,4 @@ def fused_linear_cross_entropy(
         return total / (targets != -1).sum().clamp(min=1)
 
 
-def flops_per_token(config: GPTConfig, seq_len: int, n_params: int) -> float:
-    """Training FLOPs per token, PaLM appendix B: 6N for the matmuls plus 12·L·H·Q·T for attention."""
-    head_dim = config.n_embd // config.n_head
-    return 6 * n_params + 12 * config.n_layer * config.n_head * head_dim * seq_len
-
-
-__all__ = ["GPT", "GPTConfig", "KVCache", "MODEL_PRESETS", "flops_per_token", "fused_linear_cross_entropy"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "fused_linear_cross_entropy"]

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from gptscratch import checkpoint as ckpt
+from gptscratch import testing
 from gptscratch.config import (
     CUDAGRAPH_MODES,
     PRESETS,
@@ -36,10 +37,11 @@ from gptscratch.config import (
 )
 from gptscratch.device import attention_backend, cpu_has_bf16, pick_device
 from gptscratch.errors import UserError
-from gptscratch.model import GPT, flops_per_token
+from gptscratch.hf import load_hf
+from gptscratch.mfu import flops_per_token
+from gptscratch.model import GPT
 from gptscratch.optim import build_optimizer, lr_at
-
-DEFAULT_DATA = "data/shakespeare"
+from gptscratch.paths import DEFAULT_DATA
 
 
 @dataclass
@@ -234,7 +236,7 @@ def load_hellaswag(cfg: TrainConfig):
 
 def build_model(cfg: TrainConfig) -> GPT:
     if cfg.init_from:
-        model = GPT.from_pretrained(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
+        model = load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
         if model.config.block_size < cfg.seq_len:
             raise UserError(
                 f"--seq-len {cfg.seq_len} exceeds {cfg.init_from}'s block size {model.config.block_size}"
@@ -343,7 +345,6 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                dynamic_ncols=True, file=sys.stderr)
     last_val = None
     result: dict = {"run_dir": str(run_dir)}
-    step_delay = float(os.environ.get("GPTSCRATCH_TEST_STEP_DELAY", "0"))  # tests kill a run mid-way
     step = start
     with StopRequested() as stop:
         while step < cfg.max_steps:
@@ -407,8 +408,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             bar.update(1)
             step += 1
-            if step_delay:
-                time.sleep(step_delay)
+            testing.pause(testing.STEP_DELAY)  # tests kill a run between checkpoints here
             stop_now = any(gather(stop.signal is not None, d))  # every rank stops at the same step
             if (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop_now:
                 path = save(step)
