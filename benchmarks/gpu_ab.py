@@ -44,6 +44,7 @@ from gptscratch.errors import UserError
 from gptscratch.mfu import flops_per_token
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.optim import configure_optimizer
+from gptscratch.precision import allow_tf32, autocast
 
 DEFAULT_VARIANTS = "full,chunked,full+cudnn,chunked+cudnn,chunked+b128,full+cdt,full+max-autotune-no-cudagraphs"
 ATTENTION = tuple(a for a in ATTENTION_BACKENDS if a != "auto")
@@ -96,8 +97,8 @@ def make_step(v: Variant, cfg: GPTConfig, x: torch.Tensor, y: torch.Tensor, devi
             torch.compiler.cudagraph_mark_step_begin()
         # on a CPU (the dry run) cudnn and efficient do not exist: torch's own pick stands in for them
         with attention_backend(v.attention if device.type == "cuda" else "auto", device):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                _, loss = fwd(x, y, return_logits=v.loss == "full")
+            with autocast(device, torch.bfloat16):
+                _, loss = fwd(x, y, return_logits=v.loss == "full", amp=torch.bfloat16)
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, B, T = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64, vocab_multiple=64), 2, 64
     else:
         cfg, B, T = GPTConfig(vocab_multiple=64), args.batch_size, 1024
-    torch.backends.cuda.matmul.allow_tf32 = True
+    allow_tf32(device)
     g = torch.Generator().manual_seed(0)
     max_b = max([B] + [v.batch_size for v in variants])
     data = torch.randint(0, cfg.vocab_size, (max_b, T + 1), generator=g).to(device)

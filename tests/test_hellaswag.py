@@ -26,6 +26,7 @@ from gptscratch.evaluate.hellaswag import (
 )
 from gptscratch.hf import load_hf
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.precision import autocast_dtype
 from gptscratch.tokenizer import get_encoding
 
 transformers = pytest.importorskip("transformers")
@@ -291,7 +292,8 @@ def test_cli_json_matches_the_function(hf_pair, data_file, capsys):
     assert len(out) == 1
     got = json.loads(out[0])
     model = load_hf(hf_pair[1])
-    want = hellaswag_eval(model, load_examples(data_file, limit=7), "cpu", batch_size=2)
+    amp = autocast_dtype("auto", torch.device("cpu"))  # the command's default --dtype
+    want = hellaswag_eval(model, load_examples(data_file, limit=7), "cpu", batch_size=2, amp=amp)
     assert got == {"n": 7, "acc": want["acc"], "acc_norm": want["acc_norm"]}
 
     main(["eval", "hellaswag", "--hf", hf_pair[1], "--file", str(data_file), "--device", "cpu",

@@ -74,6 +74,19 @@ def test_fused_cross_entropy_matches_plain_loss_and_grads():
         assert abs(fused_linear_cross_entropy(x, w, t, chunk_tokens=8).item() - ref.item()) < 1e-5
 
 
+def test_chunked_loss_runs_its_matmuls_in_the_dtype_it_is_given():
+    # the dtype comes as an argument: an autocast around the call is not read back
+    torch.manual_seed(0)
+    x, w, t = torch.randn(40, 16), torch.randn(100, 16), torch.randint(0, 100, (40,))
+    ref32 = F.cross_entropy(x @ w.t(), t)
+    ref16 = F.cross_entropy((x.bfloat16() @ w.bfloat16().t()).float(), t)
+    assert abs(ref32.item() - ref16.item()) > 1e-3  # the two precisions are told apart
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert abs(fused_linear_cross_entropy(x, w, t).item() - ref32.item()) < 1e-5
+    with torch.no_grad():
+        assert abs(fused_linear_cross_entropy(x, w, t, torch.bfloat16).item() - ref16.item()) < 1e-5
+
+
 def test_chunked_loss_compiles_to_one_graph_with_the_same_grads():
     # a data-dependent branch in the loss (say `if mask.all()`) would split torch.compile's graph and
     # sync the device every step; aot_eager traces forward and backward without the slow code generation

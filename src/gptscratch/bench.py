@@ -43,6 +43,7 @@ import torch
 
 from gptscratch.device import cpu_has_bf16, pick_device
 from gptscratch.errors import UserError
+from gptscratch.precision import allow_tf32, autocast
 
 # Training shapes. vocab 50304 = GPT-2's 50257 padded to a multiple of 64 (FACTS.md); gpt2-124m keeps
 # the real 50257 in our config and pads it with vocab_multiple, and transformers gets 50304, so both
@@ -266,18 +267,13 @@ def _gpt_config(shape: Shape, block_size: int):
                      n_embd=shape.n_embd, dropout=0.0, bias=True, vocab_multiple=shape.vocab_multiple)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, ours: bool, amp: Callable, steps: int) -> float:
+def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, ours: bool, amp: torch.dtype | None,
+                 steps: int) -> float:
     loss = None
     for _ in range(steps):
-        with amp():
+        with autocast(x.device, amp):
             if ours:
-                _, loss = model(x, y, return_logits=False)  # the chunked LM head + cross-entropy
+                _, loss = model(x, y, return_logits=False, amp=amp)  # the chunked LM head + cross-entropy
             else:
                 loss = model(input_ids=x, labels=x).loss  # shifts labels internally (see the module doc)
         loss.backward()
@@ -331,9 +327,7 @@ def _bench_train_at(shape: Shape, device: torch.device, dtype: torch.dtype, comp
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, shape.vocab_size, (shape.batch_size, shape.seq_len + 1), generator=g).to(device)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-
-    def amp():
-        return _autocast(device, dtype)
+    amp = None if dtype == torch.float32 else dtype
 
     tokens = shape.batch_size * shape.seq_len * steps_per_repeat
     runs, memory = {}, {}
@@ -768,9 +762,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     device = torch.device(args.device or plan["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("bench gpu: no CUDA device here; run with --dry-run to check it on the CPU")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(device)
     out_dir = Path(args.out) if args.out else (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     summary: dict = {"dry_run": args.dry_run, "budget_s": budget, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "sections": {}}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gptscratch.errors import UserError
+from gptscratch.precision import DTYPE_HELP, DTYPES
 
 # Modules that add a subcommand through `register(subparsers)`, in the order of the journey.
 COMMAND_MODULES = [
@@ -48,6 +49,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from gptscratch.device import pick_device
     from gptscratch.generate import check_sampling, generate
+    from gptscratch.precision import autocast_dtype
     from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
     check_sampling(args.temperature, args.top_k, args.top_p)
@@ -55,6 +57,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
     device = pick_device(args.device)
     model = load_model_arg(args, device)
+    amp = autocast_dtype(args.dtype, device)
     enc = get_encoding()
     prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
     if not prompt:
@@ -78,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         idx = torch.tensor([prompt], dtype=torch.long, device=device)
         generate(
             model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            generator=gen, stop_token=None if args.no_stop else EOT_TOKEN, on_token=stream,
+            generator=gen, stop_token=None if args.no_stop else EOT_TOKEN, on_token=stream, amp=amp,
         )
         out.write(decoder.decode(b"", final=True) + "\n")
         out.flush()
@@ -107,6 +110,9 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-stop", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help=f"{DTYPE_HELP}. Default float32: decoding a token at a time is bound by reading the "
+                   "weights, which autocast would cast to bf16 again at every step")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",

@@ -14,6 +14,7 @@ import torch
 
 from gptscratch.errors import UserError
 from gptscratch.model import GPT
+from gptscratch.precision import autocast
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -73,11 +74,14 @@ def generate(
     use_cache: bool = True,
     stop_token: int | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    amp: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens and return (B, T + n).
 
     temperature=0 is greedy. With `stop_token`, a row that produced it keeps producing it (so the batch
     stays rectangular) and generation ends once every row has. `on_token` gets each step's (B,) tokens.
+    `amp` is the autocast dtype of the forward passes (None: float32), from `gptscratch.precision`; the
+    KV cache is kept in it.
     """
     check_sampling(temperature, top_k, top_p)
     if idx.dim() != 2 or idx.size(1) == 0:
@@ -90,14 +94,15 @@ def generate(
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     try:
         for _ in range(max_new_tokens):
-            if not use_cache:
-                logits, _ = model(idx[:, -block:])
-            elif cache is None or cache.pos >= block:
-                # (re)fill: the first step, or the window slid past the position table
-                cache = model.new_cache(idx.size(0), device=idx.device)
-                logits, _ = model(idx[:, -block:], cache=cache)
-            else:
-                logits, _ = model(idx[:, -1:], cache=cache)
+            with autocast(idx.device, amp):
+                if not use_cache:
+                    logits, _ = model(idx[:, -block:])
+                elif cache is None or cache.pos >= block:
+                    # (re)fill: the first step, or the window slid past the position table
+                    cache = model.new_cache(idx.size(0), device=idx.device, dtype=amp)
+                    logits, _ = model(idx[:, -block:], cache=cache)
+                else:
+                    logits, _ = model(idx[:, -1:], cache=cache)
             logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:

@@ -286,16 +286,19 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_logits: bool = True,
+        amp: torch.dtype | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return (logits over every position, mean cross-entropy against `targets` or None).
 
         `return_logits=False` (training) computes the loss chunk by chunk without ever holding the
-        full (B, T, vocab) logits in memory, and returns None for them.
+        full (B, T, vocab) logits in memory, and returns None for them. That path turns autocast off to
+        control its own precision, so it is told the autocast dtype the caller runs under: `amp`
+        (None: float32), from `gptscratch.precision`.
         """
         x = self.hidden_states(idx, cache)
         cap = self.config.logit_softcap
         if targets is not None and not return_logits:
-            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, softcap=cap)
+            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, amp, softcap=cap)
         logits = self.lm_head(x)
         if cap:
             logits = cap * torch.tanh(logits / cap)
@@ -362,31 +365,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_x * scale.to(grad_x.dtype), grad_w * scale.to(grad_w.dtype), None, None, None
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast would run a matmul in on this device, or None when autocast is off."""
-    try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-        return None
-    except TypeError:  # torch < 2.4 has per-device functions instead
-        if device_type == "cuda":
-            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-
-
 def fused_linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 2048, softcap: float = 0.0
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, amp: torch.dtype | None = None,
+    chunk_tokens: int = 2048, softcap: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore).
 
+    The matmuls run in `amp` (the caller's autocast dtype, None for float32), as autocast would run them;
+    the softmax and the loss in float32; `softcap` > 0 squashes the logits to cap * tanh(z / cap) first.
     Rows are taken `chunk_tokens` at a time (2048 x 50304 float32 logits = 412 MB). Fewer, larger chunks
-    are faster on CPUs: in bf16, one chunk of 2048 rows trained the `small` shape about 10% faster than
-    two of 1024 (benchmarks/RESULTS.md); in float32 it made no measurable difference.
+    are faster on CPUs: in bf16, one chunk of 2048 rows trained the `small` shape about 10% faster than two
+    of 1024 (benchmarks/RESULTS.md); in float32 it made no measurable difference.
     """
     x2 = x.reshape(-1, x.size(-1))
-    dtype = _autocast_dtype(x.device.type)
-    if dtype is not None:
-        x2, weight = x2.to(dtype), weight.to(dtype)
+    if amp is not None:
+        x2, weight = x2.to(amp), weight.to(amp)
     elif x2.dtype != weight.dtype:
         x2 = x2.to(weight.dtype)
     # At most 8 chunks: torch.compile unrolls the loop, and its compile time grows with every chunk.

@@ -35,13 +35,14 @@ from gptscratch.config import (
     resolve_config,
     validate,
 )
-from gptscratch.device import attention_backend, cpu_has_bf16, pick_device
+from gptscratch.device import attention_backend, pick_device
 from gptscratch.errors import UserError
 from gptscratch.hf import load_hf
 from gptscratch.mfu import flops_per_token
 from gptscratch.model import GPT
 from gptscratch.optim import build_optimizer, lr_at
 from gptscratch.paths import DEFAULT_DATA
+from gptscratch.precision import allow_tf32, autocast, autocast_dtype
 
 
 @dataclass
@@ -74,19 +75,6 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return d, device
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware multiplies bf16 natively; float32 elsewhere."""
-    if cfg.dtype == "float32":
-        return None
-    if cfg.dtype == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_bf16():
-        return torch.bfloat16
-    return None
 
 
 def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
@@ -173,19 +161,13 @@ def estimate_val_loss(model: GPT, loader, batches: int, device, amp: torch.dtype
         x, y = loader.next_batch()
         x, y = x.to(device), y.to(device)
         with autocast(device, amp):
-            _, loss = model(x, y, return_logits=False)
+            _, loss = model(x, y, return_logits=False, amp=amp)
         total += loss.detach().float()
     model.train()
     return float(all_reduce_mean(total / batches, d))
 
 
-def autocast(device: torch.device, amp: torch.dtype | None):
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
-
-
-def samples(model: GPT, cfg: TrainConfig, device) -> list[str]:
+def samples(model: GPT, cfg: TrainConfig, device, amp: torch.dtype | None) -> list[str]:
     from gptscratch.generate import generate
     from gptscratch.tokenizer import get_encoding
 
@@ -193,7 +175,7 @@ def samples(model: GPT, cfg: TrainConfig, device) -> list[str]:
     prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
     idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    out = generate(model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=g)
+    out = generate(model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=g, amp=amp)
     return [enc.decode([t for t in row if t < enc.n_vocab]) for row in out.tolist()]
 
 
@@ -274,10 +256,8 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
               "uninterrupted one", file=sys.stderr)
     accum = grad_accum_steps(cfg, d.world_size)  # fails before any work when the batch cannot divide
     torch.manual_seed(cfg.seed + d.rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any float32 matmul left outside autocast
-        torch.backends.cudnn.allow_tf32 = True
-    amp = autocast_dtype(cfg, device)
+    allow_tf32(device)
+    amp = autocast_dtype(cfg.dtype, device)
     chunked = chunked_loss(cfg, device)
     attention_backend(cfg.attention, device)  # fails here, before any work, on a kernel this device lacks
     hellaswag = load_hellaswag(cfg)
@@ -355,10 +335,10 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
             if hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
                 from gptscratch.evaluate.hellaswag import hellaswag_eval
 
-                hs = hellaswag_eval(raw_model, hellaswag, device, rank=d.rank, world_size=d.world_size)
+                hs = hellaswag_eval(raw_model, hellaswag, device, rank=d.rank, world_size=d.world_size, amp=amp)
                 log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
             if d.master and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
-                for text in samples(raw_model, cfg, device):
+                for text in samples(raw_model, cfg, device, amp):
                     tqdm.write(f"--- sample at step {step} ---\n{text}", file=sys.stderr)
 
             t0 = time.perf_counter()
@@ -372,7 +352,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                     sync = model.no_sync() if d.enabled and micro < accum - 1 else contextlib.nullcontext()
                     with sync, attention_backend(cfg.attention, device):
                         with autocast(device, amp):
-                            _, loss = model(x, y, return_logits=not chunked)
+                            _, loss = model(x, y, return_logits=not chunked, amp=amp)
                         loss = loss / accum
                         loss_sum += loss.detach()
                         loss.backward()
@@ -423,7 +403,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     result["val_loss"] = last_val
     result["step"] = step
     if d.master and not result.get("stopped"):
-        result["samples"] = samples(raw_model, cfg, device)
+        result["samples"] = samples(raw_model, cfg, device, amp)
         for i, text in enumerate(result["samples"]):
             print(f"--- sample {i + 1} ---\n{text}")
         result["plot"] = _plot(run_dir)

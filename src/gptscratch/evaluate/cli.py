@@ -7,12 +7,14 @@ import json
 import sys
 
 from gptscratch.errors import UserError
+from gptscratch.precision import DTYPE_HELP, DTYPES
 
 
 def cmd_hellaswag(args: argparse.Namespace) -> int:
     from gptscratch.cli import load_model_arg
     from gptscratch.device import pick_device
     from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
+    from gptscratch.precision import autocast_dtype
 
     if bool(args.hf) == bool(args.ckpt):  # checked again by load_model_arg; here before any download
         raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
@@ -25,7 +27,8 @@ def cmd_hellaswag(args: argparse.Namespace) -> int:
     examples = load_examples(path, limit=args.limit)
     device = pick_device(args.device)
     model = load_model_arg(args, device)
-    result = hellaswag_eval(model, examples, device, batch_size=args.batch_size, progress=True)
+    amp = autocast_dtype(args.dtype, device)
+    result = hellaswag_eval(model, examples, device, batch_size=args.batch_size, progress=True, amp=amp)
     summary = f"hellaswag {path}: n={result['n']} acc={result['acc']:.4f} acc_norm={result['acc_norm']:.4f}"
     if args.json:
         # stdout holds only the JSON line, so `| jq` works; the summary goes to stderr
@@ -55,5 +58,6 @@ def register(sub) -> None:
     h.add_argument("--limit", type=int, metavar="N", help="score only the first N examples")
     h.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="examples per forward pass, 4 sequences each (default 32)")
+    h.add_argument("--dtype", choices=DTYPES, default="auto", help=f"{DTYPE_HELP} (default auto, as train's)")
     h.add_argument("--json", action="store_true", help="print one JSON line {n, acc, acc_norm} on stdout")
     h.set_defaults(func=cmd_hellaswag)

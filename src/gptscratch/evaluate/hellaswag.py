@@ -14,7 +14,8 @@ Decisions where build-nanogpt is silent or differs:
 - A sequence longer than the block size keeps its last `block_size` tokens (context cropped from the
   left), each ending on its own, so longer endings see a little less context. If an ending alone fills
   the block, its first token has nothing before it and is not scored. Neither happens with GPT-2's 1024.
-- The loss is computed in float32 from the logits; on CUDA the forward pass runs under bf16 autocast.
+- The loss is computed in float32 from the logits; the forward pass runs under the autocast dtype the
+  caller passes (`amp`, from `gptscratch.precision`: the run's --dtype, or the command's).
 
 Speed: 32 examples (128 sequences) per forward pass, sorted by length so little is padding. On one H100
 a randomly initialised 124M model scores 10,042 examples of HellaSwag-like lengths in about 6 s (batch
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_path
 from gptscratch.paths import cache_dir
+from gptscratch.precision import autocast
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 # Lines in each official file, checked after download. The test split has no labels, so it is not here.
@@ -174,6 +176,7 @@ def ending_losses(
     device: torch.device | str,
     batch_size: int = 32,
     progress: bool = False,
+    amp: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed and mean cross-entropy of each ending: two float32 (len(examples), 4) CPU tensors.
 
@@ -200,7 +203,6 @@ def ending_losses(
     # Keep the batch dimension fixed (the last batch is padded with empty rows) so compiled models see
     # only the few sequence lengths PAD_MULTIPLE allows.
     n_rows = NUM_ENDINGS * min(batch_size, len(examples))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     was_training = model.training
     model.eval()
@@ -218,7 +220,7 @@ def ending_losses(
                     idx[j, : len(row)] = torch.tensor(row)
                     scored[j, start - 1 : len(row) - 1] = True
                 idx, scored = idx.to(device), scored.to(device)
-                with autocast:
+                with autocast(device, amp):
                     logits, _ = model(idx)
                 logits = logits[:, :-1, :vocab_size][scored].float()  # only the ending tokens' predictions
                 losses = F.cross_entropy(logits, idx[:, 1:][scored], reduction="none")
@@ -243,6 +245,7 @@ def hellaswag_eval(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    amp: torch.dtype | None = None,
 ) -> dict:
     """Accuracy on `examples`: {'n', 'acc', 'acc_norm', 'num_correct', 'num_correct_norm'}.
 
@@ -262,7 +265,7 @@ def hellaswag_eval(
     device = torch.device(device)
     counts = torch.zeros(3, dtype=torch.long)
     if shard:
-        sum_loss, mean_loss = ending_losses(model, shard, device, batch_size, progress)
+        sum_loss, mean_loss = ending_losses(model, shard, device, batch_size, progress, amp)
         labels = torch.tensor([ex.label for ex in shard])
         counts[0] = len(shard)
         counts[1] = (sum_loss.argmin(1) == labels).sum()
