@@ -25,7 +25,7 @@ run() {
   command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
     --format=csv 2>/dev/null
   echo "python: $("$PY" -V 2>&1) ($PY)"
-  timeout -k 10 "$LIMIT" "$PY" -m gptscratch.bench gpu "$@"
+  timeout -k 10 "$LIMIT" "$PY" -m benchmarks gpu "$@"
 }
 
 if [ -n "${OUT:-}" ]; then

@@ -9,7 +9,7 @@ A variant is a `+`-joined list of choices, each optional:
   tuning     cdt (inductor's coordinate_descent_tuning, as gpt-fast uses)
 e.g. `full`, `chunked+cudnn`, `chunked+b128`, `full+max-autotune-no-cudagraphs`.
 
-A step here is one micro-batch and one AdamW step, as in `gptscratch bench train`; `gptscratch train` takes
+A step here is one micro-batch and one AdamW step, as in `python -m benchmarks train`; `gptscratch train` takes
 one AdamW step per 8 micro-batches of 64 (gpt2-124m preset), so its tokens/s can only be a little higher.
 A variant that runs out of memory is reported as such and the others go on.
 
@@ -21,6 +21,7 @@ passed, the rest are skipped, so put slow-to-compile ones (max-autotune) last.
 
     PYTHONPATH=src python3 benchmarks/gpu_ab.py                      # on the GPU: about 3-5 minutes
     PYTHONPATH=src python3 benchmarks/gpu_ab.py --dry-run            # tiny shapes on the CPU first
+    python -m benchmarks.gpu_ab --dry-run                            # the same, from the checkout's root
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from gptscratch.bench import PeakMemory, alternate, sync
+if __package__ in (None, ""):  # run as a script (python3 benchmarks/gpu_ab.py): find the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import PeakMemory, alternate, sync
 from gptscratch.config import COMPILE_MODES, CUDAGRAPH_MODES
 from gptscratch.device import ATTENTION_BACKENDS, attention_backend
 from gptscratch.errors import UserError

@@ -19,7 +19,6 @@ COMMAND_MODULES = [
     "gptscratch.cli",  # sample, export
     "gptscratch.evaluate.cli",
     "gptscratch.plot",
-    "gptscratch.bench",
 ]
 
 
@@ -98,6 +97,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Forward to the benchmarks of the source checkout this package runs from; they are not installed with it."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise UserError("the benchmarks are not installed with the package: run them from a clone of the "
+                        "repository, as `python -m benchmarks ...` in its root (see benchmarks/README.md)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as benchmarks_main
+
+    return benchmarks_main(args.overrides, prog="gptscratch bench")
+
+
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
                        description="Generate text with a KV cache and stream it to the terminal.")
@@ -120,6 +132,10 @@ def register(sub) -> None:
     p.add_argument("--ckpt", required=True, metavar="PATH")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", add_help=False, help="benchmarks against transformers and tiktoken, from a checkout "
+                       "(the same as `python -m benchmarks`: train, generate, prepare, gpu)")
+    p.set_defaults(func=cmd_bench, accepts_overrides=True)  # every argument goes to the benchmarks' own parser
 
 
 def build_parser() -> argparse.ArgumentParser:

