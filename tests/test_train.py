@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from gptscratch import testing
-from gptscratch.cli import main
-from gptscratch.config import parse_overrides, resolve_config
+from gptscratch.cli import build_parser, main, parse_args
+from gptscratch.config import TrainConfig, given_settings, resolve_config
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.optim import configure_optimizer, lr_at, param_groups
@@ -98,13 +98,47 @@ def test_tiny_model_overfits_one_batch():
     assert loss.item() < 0.1
 
 
+def settings(*argv: str) -> dict:
+    return given_settings(parse_args(build_parser(), ["train", *argv]))
+
+
 def test_overrides_accept_dashes_and_underscores():
-    assert parse_overrides(["--max-steps", "20", "--max_steps=30", "--compile"]) == {"max_steps": 30, "compile": "true"}
-    assert parse_overrides(["--lr", "1e-3", "--shuffle", "none"]) == {"lr": 1e-3, "shuffle": "none"}
-    with pytest.raises(UserError, match="valid settings: .*--max-steps"):
-        parse_overrides(["--max-stepz", "3"])
+    assert settings("--max-steps", "20", "--max_steps=30", "--compile") == {"max_steps": 30, "compile": "true"}
+    assert settings("--lr", "1e-3", "--shuffle", "none") == {"lr": 1e-3, "shuffle": "none"}
+    assert settings("--no-tie-embeddings", "--bias=false", "--qk-norm", "--compile", "false") == {
+        "tie_embeddings": False, "bias": False, "qk_norm": True, "compile": "false"}
+    assert settings("--sample_prompt=--x_y", "--dtype=bf16") == {"sample_prompt": "--x_y", "dtype": "bf16"}
+    assert settings() == {}  # nothing given: the preset (or a resumed run's config) decides
     with pytest.raises(UserError, match="valid presets: demo"):
         resolve_config("gpt5")
+    with pytest.raises(UserError, match="--loss-impl 'fused': expected one of auto, chunked, full"):
+        TrainConfig(loss_impl="fused")  # a config made in Python is checked the same way
+
+
+def test_train_help_explains_every_setting(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in out
+    assert "{auto,float32,bf16}" in out and "--qk-norm [true|false], --no-qk-norm" in out
+    assert "AdamW beta2 (default 0.95)" in out and "inductor fuses (2% faster" in out
+    assert "demo: --dtype float32 --n-layer 4" in out and "--max-steps 300" in out  # what each preset sets
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16' (choose from"),
+    (["--preset", "nope"], "argument --preset: invalid choice: 'nope' (choose from"),
+    (["--max-steps", "x"], "argument --max-steps: invalid int value: 'x'"),
+    (["--shuffle", "maybe"], "argument --shuffle: invalid choice: 'maybe' (choose from"),
+    (["--bias", "maybe"], "expected true or false, got 'maybe'"),
+    (["--max-stepz", "3"], "unrecognized arguments: --max-stepz 3; did you mean --max-steps?"),
+])
+def test_bad_flags_are_refused_by_the_parser_in_one_line(capsys, argv, message):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptscratch train: error:") and message in err and err.count("\n") == 1
 
 
 def test_presets_hold_the_gpt2_recipe():
@@ -124,9 +158,10 @@ def test_bad_settings_fail_with_one_line(shards, tmp_path, capsys):
     assert main(["train", *TINY, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "gptscratch prepare" in capsys.readouterr().err
     assert main(["train", "--preset", "nope"]) == 2
-    assert "valid presets" in capsys.readouterr().err
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
     assert main(["train", *TINY, "--data", str(shards), "--compile-mode", "fastest"]) == 2
-    assert "--compile-mode 'fastest': expected one of default, max-autotune-no-cudagraphs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --compile-mode: invalid choice: 'fastest'" in err and "max-autotune-no-cudagraphs" in err
     assert main(["train", *TINY, "--data", str(shards), "--attention", "cudnn"]) == 2
     assert "--attention cudnn: that kernel runs on CUDA only" in capsys.readouterr().err
 

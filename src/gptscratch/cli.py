@@ -1,40 +1,63 @@
-"""The `gptscratch` command. Each subcommand lives beside the code it drives and registers itself here."""
+"""The `gptscratch` command: one parser, a subcommand for each step of the journey.
+
+`prepare`, `train` and `plot` are registered by the modules they drive; `sample`, `export` and `eval`, which
+load a model and call one library function, are here, with the `bench` shim. Data flows one way: this
+module imports the others, and nothing imports it. Every error a user can fix, argparse's included, ends
+as one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import codecs
-import importlib
+import difflib
 import json
 import sys
+import textwrap
 from pathlib import Path
 
+import torch
+
+from gptscratch import plot, train
+from gptscratch.checkpoint import load_model
+from gptscratch.data import prepare
+from gptscratch.device import pick_device
 from gptscratch.errors import UserError
-from gptscratch.precision import DTYPE_HELP, DTYPES
-
-# Modules that add a subcommand through `register(subparsers)`, in the order of the journey.
-COMMAND_MODULES = [
-    "gptscratch.data.prepare",
-    "gptscratch.train",
-    "gptscratch.cli",  # sample, export
-    "gptscratch.evaluate.cli",
-    "gptscratch.plot",
-]
+from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
+from gptscratch.generate import check_sampling, generate
+from gptscratch.hf import load_hf, save_hf
+from gptscratch.model import GPT
+from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
+from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
 
-def load_model_arg(args: argparse.Namespace, device):
-    """The model named by --hf or --ckpt, on `device`, in eval mode."""
-    if bool(args.hf) == bool(args.ckpt):
-        raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
-    if args.hf:
-        from gptscratch.hf import load_hf
+class UsageError(Exception):
+    """An argparse error, already formatted as `gptscratch CMD: error: ...`."""
 
-        model = load_hf(args.hf)
-    else:
-        from gptscratch.checkpoint import load_model
 
-        model = load_model(args.ckpt)
-    return model.to(device).eval()
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, never wrapping a line inside a --flag-name."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line naming the flag (the usage is one --help away)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' parsers are made by this class too
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+# --- sample, export, eval ------------------------------------------------------------------------
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -43,14 +66,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """Before any download or file read: exactly one of --hf and --ckpt."""
+    if bool(args.hf) == bool(args.ckpt):
+        raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
+
+
+def load_model_arg(args: argparse.Namespace, device: torch.device) -> GPT:
+    """The model named by --hf or --ckpt (checked by check_model_args), on `device`, in eval mode."""
+    model = load_hf(args.hf) if args.hf else load_model(args.ckpt)
+    return model.to(device).eval()
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from gptscratch.device import pick_device
-    from gptscratch.generate import check_sampling, generate
-    from gptscratch.precision import autocast_dtype
-    from gptscratch.tokenizer import EOT_TOKEN, get_encoding
-
+    check_model_args(args)
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
@@ -88,29 +117,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gptscratch.checkpoint import load_model
-    from gptscratch.hf import save_hf
-
     path = save_hf(load_model(args.ckpt), args.out)
     arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
     print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Forward to the benchmarks of the source checkout this package runs from; they are not installed with it."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "benchmarks" / "__main__.py").is_file():
-        raise UserError("the benchmarks are not installed with the package: run them from a clone of the "
-                        "repository, as `python -m benchmarks ...` in its root (see benchmarks/README.md)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.__main__ import main as benchmarks_main
+def cmd_hellaswag(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    # Read the data before loading the model: a bad file should fail fast.
+    path = args.file if args.file else default_file(args.split)
+    examples = load_examples(path, limit=args.limit)
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    amp = autocast_dtype(args.dtype, device)
+    result = hellaswag_eval(model, examples, device, batch_size=args.batch_size, progress=True, amp=amp)
+    summary = f"hellaswag {path}: n={result['n']} acc={result['acc']:.4f} acc_norm={result['acc_norm']:.4f}"
+    if args.json:
+        # stdout holds only the JSON line, so `| jq` works; the summary goes to stderr
+        print(summary, file=sys.stderr)
+        print(json.dumps({k: result[k] for k in ("n", "acc", "acc_norm")}))
+    else:
+        print(summary)
+    return 0
 
-    return benchmarks_main(args.overrides, prog="gptscratch bench")
 
-
-def register(sub) -> None:
+def register_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
                        description="Generate text with a KV cache and stream it to the terminal.")
     add_model_args(p)
@@ -133,44 +169,106 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("eval", help="evaluate a model on a benchmark (hellaswag)",
+                       description="Evaluate a model on a benchmark.")
+    evals = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
+    h = evals.add_parser(
+        "hellaswag", help="HellaSwag accuracy, completion style (acc and acc_norm)",
+        description="Score each of the four endings by the model's loss on it; report acc (lowest total "
+        "loss) and acc_norm (lowest loss per token), as build-nanogpt does.",
+    )
+    add_model_args(h)
+    h.add_argument("--file", metavar="PATH", help="a HellaSwag .jsonl (default: download the official one "
+                   "into $GPTSCRATCH_CACHE, else $XDG_CACHE_HOME/gptscratch, else ~/.cache/gptscratch)")
+    h.add_argument("--split", default="val", choices=["val", "train"],
+                   help="which official file to download when --file is not given (default val)")
+    h.add_argument("--limit", type=int, metavar="N", help="score only the first N examples")
+    h.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="examples per forward pass, 4 sequences each (default 32)")
+    h.add_argument("--dtype", choices=DTYPES, default="auto", help=f"{DTYPE_HELP} (default auto, as train's)")
+    h.add_argument("--json", action="store_true", help="print one JSON line {n, acc, acc_norm} on stdout")
+    h.set_defaults(func=cmd_hellaswag)
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Forward to the benchmarks of the source checkout this package runs from; they are not installed with it."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise UserError("the benchmarks are not installed with the package: run them from a clone of the "
+                        "repository, as `python -m benchmarks ...` in its root (see benchmarks/README.md)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as benchmarks_main  # only here: it exists only in a checkout
+
+    return benchmarks_main(args.rest, prog="gptscratch bench")
+
+
+def register_bench(sub) -> None:
     p = sub.add_parser("bench", add_help=False, help="benchmarks against transformers and tiktoken, from a checkout "
                        "(the same as `python -m benchmarks`: train, generate, prepare, gpu)")
-    p.set_defaults(func=cmd_bench, accepts_overrides=True)  # every argument goes to the benchmarks' own parser
+    p.set_defaults(func=cmd_bench, takes_rest=True)  # every argument, --help included, goes to the benchmarks
+
+
+# --- the parser ----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gptscratch",
-        description="GPT-2 from scratch: prepare data, train, evaluate, sample, export.",
-    )
+    parser = Parser(prog="gptscratch", description="GPT-2 from scratch: prepare data, train, evaluate, sample, "
+                    "export.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = sys.modules[__name__] if name == __name__ else importlib.import_module(name)
-        module.register(sub)
+    prepare.register(sub)
+    train.register(sub)
+    register_model_commands(sub)
+    plot.register(sub)
+    register_bench(sub)
     return parser
 
 
+def dashes(argv: list[str]) -> list[str]:
+    """`--max_steps` and `--max_steps=20` as `--max-steps`...: flags are spelled with dashes or underscores."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":  # what follows is not a flag
+            return out + argv[i:]
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            arg = key.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args, rest = parser.parse_known_args(dashes(argv))
+    args.rest = rest
+    if rest and not getattr(args, "takes_rest", False):
+        name = " ".join(["gptscratch", *([args.command] if args.command else [])])
+        close = difflib.get_close_matches(rest[0].partition("=")[0], getattr(args, "known_flags", []), n=1)
+        hint = f"; did you mean {close[0]}? ({name} --help lists every setting)" if close else ""
+        raise UsageError(f"{name}: error: unrecognized arguments: {' '.join(rest)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a UserError or an argparse error becomes one line on stderr and exit code 2."""
     parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
-    if extras and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    args.overrides = extras
-    return dispatch(parser, args, f"gptscratch {args.command}")
-
-
-def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> int:
-    """Run the chosen command; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        args = parse_args(parser, sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"gptscratch {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
+        print(f"gptscratch {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,94 +1,129 @@
-"""The training configuration: one dataclass, named presets, and `--key value` overrides."""
+"""The training config: one dataclass whose fields carry their own help, named presets, and the `train`
+command line generated from them.
+
+Each setting is declared once, as a field: its type gives the parser its type (a `Literal` gives the
+choices, a bool `--x/--no-x`), its metadata the help text `gptscratch train --help` prints. A config is
+checked once, when it is made (`__post_init__`): from a preset, from a saved checkpoint's dict, or by hand.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import types
+import functools
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from gptscratch.data.loader import shuffle_mode
-from gptscratch.device import ATTENTION_BACKENDS
+from gptscratch.device import Attention
 from gptscratch.errors import UserError
 from gptscratch.model import GPTConfig
+from gptscratch.paths import DEFAULT_DATA
+from gptscratch.precision import DTYPE_HELP, Dtype
+
+CompileMode = Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
+COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
+CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")  # the modes that capture CUDA graphs
+
+
+def setting(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with its help text; `bare=VALUE` lets the flag be given without a value."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "demo"
+    preset: str = setting("demo", "the named config these settings start from")
     # where things are
-    data: str = "data/shakespeare"  # a directory of token shards made by `gptscratch prepare`
-    out: str = ""  # run directory; empty means runs/<preset>
-    init_from: str = ""  # start from a Hugging Face GPT-2 directory or hub id instead of random weights
+    data: str = setting(DEFAULT_DATA, "directory of token shards made by `gptscratch prepare` (the default is "
+                        "prepared from Shakespeare on first use)")
+    out: str = setting("", "run directory; empty: runs/<preset>")
+    init_from: str = setting("", "start from a Hugging Face GPT-2 directory or hub id instead of random weights")
     # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 0  # 0: the same as seq_len
-    vocab_multiple: int = 64  # pad the vocab to 50304: faster matmuls, padded rows never sampled
-    dropout: float = 0.0
-    bias: bool = True
-    # the model's architecture: gpt2 (exactly GPT-2) or modern (ARCHS below); the options after it
-    # override single pieces of the set (their meaning: gptscratch.model.GPTConfig)
-    arch: str = "gpt2"
-    pos_embedding: str = "learned"  # learned or rope
-    rope_base: float = 10000.0
-    norm: str = "layernorm"  # layernorm or rmsnorm
-    norm_weight: bool = True  # rmsnorm with a learned gain (False: parameter-free)
-    qk_norm: bool = False
-    mlp: str = "gelu"  # gelu, relu2 or swiglu
-    tie_embeddings: bool = True
-    logit_softcap: float = 0.0  # 0: off
-    zero_init_proj: bool = False
+    n_layer: int = setting(12, "transformer blocks")
+    n_head: int = setting(12, "attention heads per block")
+    n_embd: int = setting(768, "width of the residual stream")
+    block_size: int = setting(0, "longest context the model can take; 0: the same as --seq-len")
+    vocab_multiple: int = setting(64, "pad the vocabulary to a multiple of this (64 gives 50304): faster matmuls; "
+                                  "the padded rows are never sampled")
+    dropout: float = setting(0.0, "dropout probability")
+    bias: bool = setting(True, "biases in the linear layers and LayerNorms, as GPT-2 has")
+    # the architecture: a set of the options below (ARCHS); each option given overrides its piece of the set
+    arch: Literal["gpt2", "modern"] = setting(
+        "gpt2", "gpt2: exactly GPT-2; modern: rope, parameter-free rmsnorm, qk-norm, relu2, an untied head, a logit "
+        "soft-cap of 15, zero-init projections and no biases (the options below override single pieces)")
+    pos_embedding: Literal["learned", "rope"] = setting(
+        "learned", "learned: a position table (GPT-2); rope: rotary, relative positions")
+    rope_base: float = setting(10000.0, "rope's base: the wavelength of its slowest rotation, in tokens")
+    norm: Literal["layernorm", "rmsnorm"] = setting("layernorm", "layernorm (GPT-2), or rmsnorm: no mean "
+                                                    "subtraction, no bias")
+    norm_weight: bool = setting(True, "rmsnorm with a learned gain (false: parameter-free)")
+    qk_norm: bool = setting(False, "RMSNorm of each head's q and k: bounded attention logits, a higher stable lr")
+    mlp: Literal["gelu", "relu2", "swiglu"] = setting(
+        "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU: three matrices, 2/3 as wide)")
+    tie_embeddings: bool = setting(True, "the LM head is the token embedding (GPT-2)")
+    logit_softcap: float = setting(0.0, "> 0: logits = cap * tanh(logits / cap); 0: off")
+    zero_init_proj: bool = setting(False, "output projections (and an untied head) start at zero")
     # batch: total_batch_tokens = batch_size * seq_len * world_size * grad_accum_steps
-    batch_size: int = 64  # micro-batch per process
-    seq_len: int = 1024
-    total_batch_tokens: int = 524_288  # 0: one micro-batch per process, no accumulation
+    batch_size: int = setting(64, "micro-batch per process, in sequences")
+    seq_len: int = setting(1024, "tokens per training sequence")
+    total_batch_tokens: int = setting(524_288, "tokens per optimizer step, over all processes and accumulation "
+                                      "micro-steps; 0: one micro-batch per process, no accumulation")
     # optimisation
-    lr: float = 6e-4  # the peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 715
-    max_steps: int = 19_073
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables clipping
-    # adamw: AdamW for everything (GPT-2); muon: Muon for the blocks' 2-D matrices, AdamW for the rest
-    optimizer: str = "adamw"
-    muon_lr: float = 0.0  # Muon's peak lr (scaled to match AdamW's update RMS); 0: the same as lr
-    muon_momentum: float = 0.95
-    schedule: str = "cosine"  # cosine: warmup then cosine decay; wsd: warmup, constant, linear decay
-    decay_frac: float = 0.2  # wsd: the final fraction of max_steps that decays to min_lr
+    lr: float = setting(6e-4, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "the cosine schedule decays to lr * min-lr-ratio")
+    warmup_steps: int = setting(715, "steps of linear warmup to the peak learning rate")
+    max_steps: int = setting(19_073, "optimizer steps of the whole run")
+    weight_decay: float = setting(0.1, "AdamW weight decay, on the 2-D weights only")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0: no clipping (the norm is still logged)")
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw", "adamw: AdamW for everything (GPT-2); muon: Muon for the blocks' 2-D matrices, AdamW for the rest")
+    muon_lr: float = setting(0.0, "Muon's peak lr (scaled to match AdamW's update RMS); 0: the same as --lr")
+    muon_momentum: float = setting(0.95, "Muon's momentum")
+    schedule: Literal["cosine", "wsd"] = setting(
+        "cosine", "cosine: warmup, then cosine decay; wsd: warmup, constant, then linear decay")
+    decay_frac: float = setting(0.2, "wsd: the final fraction of --max-steps that decays to the minimum lr")
     # evaluation and logging
-    eval_interval: int = 250
-    eval_batches: int = 20
-    hellaswag_interval: int = 0  # 0: off
-    hellaswag_file: str = ""  # empty: download the official val set into the cache
-    hellaswag_limit: int = 0  # 0: every example
-    sample_interval: int = 0  # 0: only at the end
-    num_samples: int = 2
-    sample_tokens: int = 64
-    sample_prompt: str = "<|endoftext|>"
-    log_interval: int = 1
+    eval_interval: int = setting(250, "val loss every this many steps (and at the last); 0: never")
+    eval_batches: int = setting(20, "batches of the val split per val loss")
+    hellaswag_interval: int = setting(0, "HellaSwag accuracy every this many steps; 0: never")
+    hellaswag_file: str = setting("", "a HellaSwag .jsonl; empty: download the official val set into the cache")
+    hellaswag_limit: int = setting(0, "score only the first N HellaSwag examples; 0: every one")
+    sample_interval: int = setting(0, "print samples every this many steps; 0: only at the end")
+    num_samples: int = setting(2, "samples printed each time")
+    sample_tokens: int = setting(64, "tokens per sample")
+    sample_prompt: str = setting("<|endoftext|>", "text the samples continue")
+    log_interval: int = setting(1, "write a metrics.jsonl line every this many steps")
     # checkpoints
-    ckpt_interval: int = 1000
-    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    ckpt_interval: int = setting(1000, "save a checkpoint every this many steps (and at the last); 0: only at "
+                                 "the end")
+    keep: int = setting(3, "newest checkpoints kept; 0 keeps all")
     # runtime
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else float32
-    compile: str = "auto"  # auto: on for CUDA, off elsewhere; or true/false
-    # torch.compile's mode: default, max-autotune-no-cudagraphs (searches matmul kernels: slower to compile),
-    # max-autotune or reduce-overhead (both add CUDA graphs; single process, no DDP)
-    compile_mode: str = "default"
-    attention: str = "auto"  # the SDPA kernel for training: auto (torch picks), flash, cudnn, efficient or math
-    # training batch order: rows (each epoch, every seq_len row of the split once, in a seeded random order),
-    # shards (llm.c's stream: consecutive windows, shard order reshuffled each epoch) or none (consecutive, in order)
-    shuffle: str = "rows"
-    # auto: the chunked LM head + cross-entropy (never holds full logits) on CPUs, where it is faster;
-    # full logits on CUDA, where compiled full logits measured 2% faster on an H100 (benchmarks/RESULTS.md)
-    loss_impl: str = "auto"
+    seed: int = setting(1337, "seed of the weights' init, the data order and the samples")
+    device: str = setting("auto", "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    dtype: Dtype = setting("auto", DTYPE_HELP)
+    compile: Literal["auto", "true", "false"] = setting(
+        "auto", "torch.compile the model: auto is on for CUDA, off elsewhere; --compile alone means true", bare="true")
+    compile_mode: CompileMode = setting(
+        "default", "torch.compile's mode: max-autotune-no-cudagraphs searches matmul kernels (minutes more to "
+        "compile); max-autotune and reduce-overhead add CUDA graphs (one process, no DDP)")
+    attention: Attention = setting("auto", "the attention kernel for training: auto lets torch pick")
+    # the loader's modes (data/loader.py SHUFFLE_MODES); a saved config's true/false maps to shards/none
+    shuffle: Literal["rows", "shards", "none"] = setting(
+        "rows", "training batch order: rows (each epoch, every seq_len row of the split once, in a seeded random "
+        "order), shards (llm.c's stream: consecutive windows, shard order reshuffled each epoch) or none "
+        "(consecutive, in order)")
+    loss_impl: Literal["auto", "chunked", "full"] = setting(
+        "auto", "chunked: the LM head + cross-entropy a chunk of rows at a time, never holding the full logits "
+        "(faster on CPUs); full: the whole logits, which inductor fuses (2% faster compiled on an H100); "
+        "auto: chunked except on CUDA")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def model_config(self) -> GPTConfig:
         return GPTConfig(
@@ -119,6 +154,10 @@ ARCHS: dict[str, dict] = {
     "modern": dict(bias=False, pos_embedding="rope", norm="rmsnorm", norm_weight=False, qk_norm=True, mlp="relu2",
                    tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True),
 }
+# The first setting of each group in `gptscratch train --help`.
+SECTIONS = {"preset": "preset", "data": "where things are", "n_layer": "model", "arch": "architecture beyond GPT-2",
+            "batch_size": "batch", "lr": "optimisation", "eval_interval": "evaluation and logging",
+            "ckpt_interval": "checkpoints", "seed": "runtime"}
 
 
 def _gpt3(n_layer: int, n_head: int, n_embd: int, lr: float, total: int, micro: int) -> dict:
@@ -171,60 +210,34 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _parse_value(name: str, text: str, kind) -> object:
-    if kind is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise UserError(f"--{name} {text!r}: expected true or false")
-    try:
-        return kind(text)
-    except ValueError:
-        raise UserError(f"--{name} {text!r}: expected {kind.__name__}") from None
+@functools.cache
+def _types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
 
 
-def _field_types() -> dict[str, type]:
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        kind = hints[f.name]
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        out[f.name] = kind
-    return out
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def parse_overrides(args: list[str]) -> dict[str, object]:
-    """`--max-steps 20`, `--max_steps=20` and `--compile` (a bare bool flag) all work."""
-    kinds = _field_types()
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise UserError(f"unexpected argument {arg!r}; settings are given as --key value")
-        key, eq, value = arg[2:].partition("=")
-        name = key.replace("-", "_")
-        if name not in kinds:
-            valid = ", ".join(f"--{k.replace('_', '-')}" for k in kinds)
-            raise UserError(f"unknown setting --{key}; valid settings: {valid}")
-        if not eq:
-            nxt = args[i + 1] if i + 1 < len(args) else None
-            if (kinds[name] is bool or name == "compile") and (nxt is None or nxt.startswith("--")):
-                value = "true"
-            elif nxt is None:
-                raise UserError(f"--{key} needs a value")
-            else:
-                value = nxt
-                i += 1
-        out[name] = _parse_value(key, value, kinds[name])
-        i += 1
-    return out
+def validate(cfg: TrainConfig) -> None:
+    """Every check of a config's values, in one place; a bad value is a one-line UserError naming its flag."""
+    for f in dataclasses.fields(cfg):
+        kind, value = _types()[f.name], getattr(cfg, f.name)
+        if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+            raise UserError(f"{_flag(f.name)} {value!r}: expected one of {', '.join(typing.get_args(kind))}")
+    cfg.model_config().validate()
+    for name in ("batch_size", "seq_len", "max_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: expected a positive integer")
+    if cfg.block_size and cfg.block_size < cfg.seq_len:
+        raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
+    if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:
+        raise UserError("--lr must be positive and --min-lr-ratio within [0, 1]")
+    if not 0.0 <= cfg.decay_frac <= 1.0 or not cfg.muon_lr >= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
+        raise UserError("--decay-frac must be within [0, 1], --muon-lr >= 0 and --muon-momentum within [0, 1)")
 
 
-def resolve_config(preset: str, overrides: dict[str, object] | None = None) -> TrainConfig:
+def resolve_config(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The preset, then its architecture's option set (--arch may choose another), then the overrides."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -232,13 +245,11 @@ def resolve_config(preset: str, overrides: dict[str, object] | None = None) -> T
     arch = overrides.get("arch", PRESETS[preset].get("arch", "gpt2"))
     if arch not in ARCHS:
         raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
-    values = {**ARCHS[arch], **PRESETS[preset], **overrides, "arch": arch, "preset": preset}
-    cfg = TrainConfig(**values)
-    validate(cfg)
-    return cfg
+    return TrainConfig(**{**ARCHS[arch], **PRESETS[preset], **overrides, "arch": arch, "preset": preset})
 
 
 def config_from_dict(d: dict) -> TrainConfig:
+    """A config saved with a run (config.json, a checkpoint's state.json)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(d) - names
     if unknown:
@@ -246,37 +257,6 @@ def config_from_dict(d: dict) -> TrainConfig:
     if isinstance(d.get("shuffle"), bool):  # saved before --shuffle had modes: True was shard order only
         d = {**d, "shuffle": shuffle_mode(d["shuffle"])}
     return TrainConfig(**d)
-
-
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
-CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")  # the modes that capture CUDA graphs
-
-
-def validate(cfg: TrainConfig) -> None:
-    cfg.model_config().validate()
-    for name in ("batch_size", "seq_len", "max_steps"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected a positive integer")
-    if cfg.block_size and cfg.block_size < cfg.seq_len:
-        raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
-    if cfg.dtype not in ("auto", "float32", "bf16"):
-        raise UserError(f"--dtype {cfg.dtype!r}: expected auto, float32 or bf16")
-    if cfg.loss_impl not in ("auto", "chunked", "full"):
-        raise UserError(f"--loss-impl {cfg.loss_impl!r}: expected auto, chunked or full")
-    if cfg.compile not in ("auto", "true", "false"):
-        raise UserError(f"--compile {cfg.compile!r}: expected auto, true or false")
-    if cfg.attention not in ATTENTION_BACKENDS:
-        raise UserError(f"--attention {cfg.attention!r}: expected one of {', '.join(ATTENTION_BACKENDS)}")
-    shuffle_mode(cfg.shuffle)
-    for name, valid in (("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd")), ("arch", tuple(ARCHS))):
-        if getattr(cfg, name) not in valid:
-            raise UserError(f"--{name} {getattr(cfg, name)!r}: expected one of {', '.join(valid)}")
-    if not 0.0 <= cfg.decay_frac <= 1.0 or not cfg.muon_lr >= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
-        raise UserError("--decay-frac must be within [0, 1], --muon-lr >= 0 and --muon-momentum within [0, 1)")
-    if cfg.compile_mode not in COMPILE_MODES:
-        raise UserError(f"--compile-mode {cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
-    if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:
-        raise UserError("--lr must be positive and --min-lr-ratio within [0, 1]")
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -292,4 +272,69 @@ def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
     return cfg.total_batch_tokens // per_micro
 
 
-__all__ = ["PRESETS", "TrainConfig", "grad_accum_steps", "parse_overrides", "resolve_config"]
+# --- the command line ----------------------------------------------------------------------------
+
+
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class BoolFlag(argparse.Action):
+    """`--x` and `--no-x`, and, as before argparse, `--x true|false` (or `--x=false`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        negated = ["--no-" + s[2:] for s in option_strings]
+        super().__init__([*option_strings, *negated], dest, nargs="?", type=parse_bool, metavar="true|false",
+                         **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        if option_string.startswith("--no-"):
+            if value is not None:
+                raise argparse.ArgumentError(self, f"{option_string} takes no value")
+            value = False
+        setattr(namespace, self.dest, True if value is None else value)
+
+
+def _shown(default: Any) -> str:
+    return repr(default) if default == "" else str(default)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field. A flag not given stays out of the namespace, so that the preset, or a
+    resumed run's saved config, supplies it (see `given_settings`)."""
+    group = parser
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS:
+            group = parser.add_argument_group(SECTIONS[f.name])
+        kind = _types()[f.name]
+        help_text = f"{f.metadata['help']} (default {_shown(f.default)})".replace("%", "%%")  # argparse formats %
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if kind is bool:
+            group.add_argument(_flag(f.name), action=BoolFlag, **kw)
+            continue
+        if f.name == "preset":
+            kw.update(choices=list(PRESETS))
+        elif typing.get_origin(kind) is Literal:
+            kw.update(choices=typing.get_args(kind))
+        else:
+            kw.update(type=kind, metavar=kind.__name__.upper())
+        if "bare" in f.metadata:
+            kw.update(nargs="?", const=f.metadata["bare"])
+        group.add_argument(_flag(f.name), **kw)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, by field name."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+
+
+def setting_flags() -> list[str]:
+    return [_flag(f.name) for f in dataclasses.fields(TrainConfig)]
+
+
+__all__ = ["PRESETS", "TrainConfig", "add_config_arguments", "given_settings", "grad_accum_steps", "resolve_config"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Literal, get_args
 
 import torch
 
@@ -42,7 +43,8 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+Attention = Literal["auto", "flash", "cudnn", "efficient", "math"]
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(Attention)
 
 
 def attention_backend(name: str, device: torch.device):

@@ -1,15 +1,15 @@
 """The training loop: one CPU, one GPU, or many GPUs under torchrun, with exact resume.
 
-The loop is a function over explicit state (model, optimizer, loaders, step). Resuming loads each
-piece's state_dict(), including every rank's loader position and RNG state, so a run that is killed
-and resumed computes the same losses, step for step, as one that never stopped.
+`train(cfg, saved)` is `setup`, which builds every piece of the run's state into a `Run`, then `loop`,
+which steps it. Resuming loads each piece's state_dict(), including every rank's loader position and
+RNG state, so a run that is killed and resumed computes the same losses, step for step, as one that
+never stopped. `resolve_run` decides, once, which config a run has and which checkpoint it continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -19,9 +19,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from gptscratch import checkpoint as ckpt
 from gptscratch import testing
@@ -29,76 +31,29 @@ from gptscratch.config import (
     CUDAGRAPH_MODES,
     PRESETS,
     TrainConfig,
+    add_config_arguments,
     config_from_dict,
+    given_settings,
     grad_accum_steps,
-    parse_overrides,
     resolve_config,
-    validate,
+    setting_flags,
 )
-from gptscratch.device import attention_backend, pick_device
+from gptscratch.data.loader import TokenLoader
+from gptscratch.data.prepare import ensure_shakespeare
+from gptscratch.device import attention_backend
+from gptscratch.distributed import Dist, all_reduce_mean, barrier, gather, init_distributed, shutdown
 from gptscratch.errors import UserError
+from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
+from gptscratch.generate import generate
 from gptscratch.hf import load_hf
-from gptscratch.mfu import flops_per_token
+from gptscratch.io import write_json, write_text
+from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
 from gptscratch.optim import build_optimizer, lr_at
 from gptscratch.paths import DEFAULT_DATA
+from gptscratch.plot import plot_runs
 from gptscratch.precision import allow_tf32, autocast, autocast_dtype
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set): NCCL on CUDA, gloo on CPU; else one process."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist(), pick_device(device_name)
-    d = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return d, device
-
-
-def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
-
-
-def chunked_loss(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.loss_impl == "chunked" or (cfg.loss_impl == "auto" and device.type != "cuda")
-
-
-def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value = value / d.world_size
-    return value
-
-
-def gather(obj, d: Dist) -> list:
-    """Every rank's `obj`, in rank order (on every rank)."""
-    if not d.enabled:
-        return [obj]
-    out: list = [None] * d.world_size
-    dist.all_gather_object(out, obj)
-    return out
+from gptscratch.tokenizer import get_encoding
 
 
 class MetricsLog:
@@ -110,9 +65,7 @@ class MetricsLog:
         if enabled and resume_step is not None and path.exists():
             # drop what the interrupted run logged after its checkpoint: the resumed run logs it again
             keep = [ln for ln in path.read_text().splitlines() if _step_of(ln) < resume_step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(ln + "\n" for ln in keep))
         elif enabled:
             path.write_text("")
 
@@ -152,45 +105,52 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-@torch.no_grad()
-def estimate_val_loss(model: GPT, loader, batches: int, device, amp: torch.dtype | None, d: Dist) -> float:
-    model.eval()
-    loader.reset()  # the same val batches every time, so evaluations compare
-    total = torch.zeros((), device=device)
-    for _ in range(batches):
-        x, y = loader.next_batch()
-        x, y = x.to(device), y.to(device)
-        with autocast(device, amp):
-            _, loss = model(x, y, return_logits=False, amp=amp)
-        total += loss.detach().float()
-    model.train()
-    return float(all_reduce_mean(total / batches, d))
+# --- setup ---------------------------------------------------------------------------------------
 
 
-def samples(model: GPT, cfg: TrainConfig, device, amp: torch.dtype | None) -> list[str]:
-    from gptscratch.generate import generate
-    from gptscratch.tokenizer import get_encoding
+@dataclass
+class Run:
+    """Everything a training run holds, built by `setup` and stepped by `loop`."""
 
-    enc = get_encoding()
-    prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
-    idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=device)
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    out = generate(model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=g, amp=amp)
-    return [enc.decode([t for t in row if t < enc.n_vocab]) for row in out.tolist()]
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype of every forward pass (precision.py); None: float32
+    chunked: bool  # the chunked LM head + cross-entropy (return_logits=False)
+    accum: int  # micro-steps per optimizer step
+    run_dir: Path
+    model: torch.nn.Module  # what the training step calls: compiled and/or DDP-wrapped
+    raw_model: GPT  # the plain module: evaluation and sampling use it, so odd shapes never recompile
+    optimizer: torch.optim.Optimizer  # or optim.MuonAdamW, which steps and saves like one
+    train_loader: TokenLoader
+    val_loader: TokenLoader
+    hellaswag: list[Example] | None
+    log: MetricsLog
+    start: int  # the first step this process runs (the checkpoint's step when resuming)
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float | None  # the GPU's nominal peak for MFU; None on a CPU, MPS or an unknown GPU
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
 
-def open_data(cfg: TrainConfig, d: Dist):
-    from gptscratch.data.loader import TokenLoader
+def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
 
+
+def chunked_loss(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.loss_impl == "chunked" or (cfg.loss_impl == "auto" and device.type != "cuda")
+
+
+def open_data(cfg: TrainConfig, d: Dist) -> tuple[TokenLoader, TokenLoader]:
     data = Path(cfg.data)
     if not (data / "manifest.json").exists() and not any(data.glob("*.bin")):
         if cfg.data == DEFAULT_DATA:
             if d.master:
-                from gptscratch.data.prepare import ensure_shakespeare
-
                 ensure_shakespeare(data)
-            if d.enabled:
-                dist.barrier()
+            barrier(d)
         elif not data.exists():
             raise UserError(f"--data {data}: no such directory; make one with `gptscratch prepare SOURCE --out {data}`")
         else:
@@ -204,11 +164,9 @@ def open_data(cfg: TrainConfig, d: Dist):
     return train, val
 
 
-def load_hellaswag(cfg: TrainConfig):
+def load_hellaswag(cfg: TrainConfig) -> list[Example] | None:
     if cfg.hellaswag_interval <= 0:
         return None
-    from gptscratch.evaluate.hellaswag import default_file, load_examples
-
     try:
         path = Path(cfg.hellaswag_file) if cfg.hellaswag_file else default_file("val")
     except UserError as e:
@@ -216,182 +174,216 @@ def load_hellaswag(cfg: TrainConfig):
     return load_examples(path, limit=cfg.hellaswag_limit or None)
 
 
-def build_model(cfg: TrainConfig) -> GPT:
+def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None) -> GPT:
+    """The run's model: from --init-from or random weights, then the checkpoint's weights when resuming."""
     if cfg.init_from:
         model = load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
         if model.config.block_size < cfg.seq_len:
             raise UserError(
                 f"--seq-len {cfg.seq_len} exceeds {cfg.init_from}'s block size {model.config.block_size}"
             )
-        return model
-    return GPT(cfg.model_config())
-
-
-def check_resume_shape(model: GPT, saved: ckpt.Checkpoint) -> None:
-    if asdict(saved.model_config) != asdict(model.config):
-        diff = {k: (v, getattr(model.config, k)) for k, v in asdict(saved.model_config).items()
-                if getattr(model.config, k) != v}
-        desc = ", ".join(f"{k}: checkpoint {a}, run {b}" for k, (a, b) in diff.items())
-        raise UserError(f"{saved.path}: the checkpoint's model differs from this run's ({desc})")
-
-
-def train(cfg: TrainConfig, resume: str | None = None) -> dict:
-    """Train per `cfg`; `resume` is a checkpoint (a step, checkpoints/ or run directory) or None."""
-    validate(cfg)
-    d, device = init_distributed(cfg.device)
-    try:
-        return _train(cfg, resume, d, device)
-    finally:
-        if d.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) -> dict:
-    run_dir = Path(cfg.run_dir())
-    ckpt_dir = run_dir / "checkpoints"
-    saved = ckpt.load_checkpoint(resume) if resume else None
-    if saved is not None and saved.world_size != d.world_size and d.master:
-        print(f"gptscratch train: {saved.path} was saved by {saved.world_size} process(es), resumed with "
-              f"{d.world_size}: the data position carries over, but the run is not bit-identical to an "
-              "uninterrupted one", file=sys.stderr)
-    accum = grad_accum_steps(cfg, d.world_size)  # fails before any work when the batch cannot divide
-    torch.manual_seed(cfg.seed + d.rank)
-    allow_tf32(device)
-    amp = autocast_dtype(cfg.dtype, device)
-    chunked = chunked_loss(cfg, device)
-    attention_backend(cfg.attention, device)  # fails here, before any work, on a kernel this device lacks
-    hellaswag = load_hellaswag(cfg)
-    train_loader, val_loader = open_data(cfg, d)
-
-    model = build_model(cfg)
+    else:
+        model = GPT(cfg.model_config())
     if saved is not None:
-        check_resume_shape(model, saved)
+        if asdict(saved.model_config) != asdict(model.config):
+            diff = {k: (v, getattr(model.config, k)) for k, v in asdict(saved.model_config).items()
+                    if getattr(model.config, k) != v}
+            desc = ", ".join(f"{k}: checkpoint {a}, run {b}" for k, (a, b) in diff.items())
+            raise UserError(f"{saved.path}: the checkpoint's model differs from this run's ({desc})")
         ckpt.load_weights(model, saved.path / "model.safetensors")
-    model.to(device)
-    raw_model = model  # evaluation and sampling use the plain module: no recompiles on odd shapes
-    optimizer = build_optimizer(raw_model, cfg, device.type)
-    start = 0
-    if saved is not None:
-        if saved.config.get("optimizer", "adamw") != cfg.optimizer:
-            raise UserError(f"{saved.path}: trained with --optimizer {saved.config.get('optimizer', 'adamw')}, "
-                            f"not {cfg.optimizer}; resume with the optimizer whose state it holds")
-        optimizer.load_state_dict(saved.optimizer_state())
-        train_loader.load_state_dict(saved.loader_states[min(d.rank, saved.world_size - 1)])
-        ckpt.set_rng_state(saved.rng_state(min(d.rank, saved.world_size - 1)))
-        start = saved.step
+    return model
+
+
+def wrap_for_training(model: GPT, cfg: TrainConfig, d: Dist, device: torch.device) -> torch.nn.Module:
+    """torch.compile (when on) and DDP (under torchrun) around the plain module."""
     if use_compile(cfg, device):
         if d.enabled and cfg.compile_mode in CUDAGRAPH_MODES:
             raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
                             "combine with DDP: use default or max-autotune-no-cudagraphs with torchrun")
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    return model
 
+
+def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torch.device) -> Run:
+    """Build the run's state; every check that can fail does so here, before the first step."""
+    if saved is not None and saved.world_size != d.world_size and d.master:
+        print(f"gptscratch train: {saved.path} was saved by {saved.world_size} process(es), resumed with "
+              f"{d.world_size}: the data position carries over, but the run is not bit-identical to an "
+              "uninterrupted one", file=sys.stderr)
+    accum = grad_accum_steps(cfg, d.world_size)  # fails before any work when the batch cannot divide
+    torch.manual_seed(cfg.seed + d.rank)  # before the model's init draws from it
+    allow_tf32(device)
+    attention_backend(cfg.attention, device)  # fails here, before any work, on a kernel this device lacks
+    hellaswag = load_hellaswag(cfg)
+    train_loader, val_loader = open_data(cfg, d)
+    raw_model = build_model(cfg, saved).to(device)
+    optimizer = build_optimizer(raw_model, cfg, device.type)
+    start = 0
+    if saved is not None:
+        rank = min(d.rank, saved.world_size - 1)
+        if saved.config.get("optimizer", "adamw") != cfg.optimizer:
+            raise UserError(f"{saved.path}: trained with --optimizer {saved.config.get('optimizer', 'adamw')}, "
+                            f"not {cfg.optimizer}; resume with the optimizer whose state it holds")
+        optimizer.load_state_dict(saved.optimizer_state())
+        train_loader.load_state_dict(saved.loader_states[rank])
+        ckpt.set_rng_state(saved.rng_state(rank))  # after the model's init: the run continues its own stream
+        start = saved.step
+    model = wrap_for_training(raw_model, cfg, d, device)
+
+    run_dir = Path(cfg.run_dir())
     if d.master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "config.json.tmp"
-        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        os.replace(tmp, run_dir / "config.json")
-    log = MetricsLog(run_dir / "metrics.jsonl", d.master, start if saved is not None else None)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * accum * d.world_size
-    flops = flops_per_token(raw_model.config, cfg.seq_len, raw_model.num_params())
-    from gptscratch.mfu import peak_flops
-
-    peak = peak_flops(device)  # None on a CPU, MPS or an unknown GPU
+        write_json(run_dir / "config.json", asdict(cfg))
+    n_params = raw_model.num_params()
+    run = Run(
+        cfg=cfg, d=d, device=device, amp=autocast_dtype(cfg.dtype, device), chunked=chunked_loss(cfg, device),
+        accum=accum, run_dir=run_dir, model=model, raw_model=raw_model, optimizer=optimizer,
+        train_loader=train_loader, val_loader=val_loader, hellaswag=hellaswag,
+        log=MetricsLog(run_dir / "metrics.jsonl", d.master, start if saved is not None else None), start=start,
+        tokens_per_step=cfg.batch_size * cfg.seq_len * accum * d.world_size,
+        flops_per_token=flops_per_token(raw_model.config, cfg.seq_len, n_params), peak_flops=peak_flops(device),
+    )
     if d.master:
-        print(f"gptscratch train: {raw_model.num_params() / 1e6:.2f}M parameters on {device}"
-              f"{' x' + str(d.world_size) if d.enabled else ''}, {amp or torch.float32} compute, "
-              f"{tokens_per_step:,} tokens/step ({accum} micro-step(s) of {cfg.batch_size}x{cfg.seq_len}), "
+        print(f"gptscratch train: {n_params / 1e6:.2f}M parameters on {device}"
+              f"{' x' + str(d.world_size) if d.enabled else ''}, {run.amp or torch.float32} compute, "
+              f"{run.tokens_per_step:,} tokens/step ({accum} micro-step(s) of {cfg.batch_size}x{cfg.seq_len}), "
               f"{cfg.max_steps} steps, run dir {run_dir}", file=sys.stderr)
-        if device.type == "cuda" and peak is None:
+        if device.type == "cuda" and run.peak_flops is None:
             print(f"gptscratch train: unknown GPU {torch.cuda.get_device_name(device)!r}: no MFU reported",
                   file=sys.stderr)
+    return run
 
-    def save(step: int) -> Path | None:
-        states = gather(train_loader.state_dict(), d)
-        rngs = gather(ckpt.rng_state(), d)
-        path = None
-        if d.master:
-            path = ckpt.save_checkpoint(ckpt_dir, step, raw_model, optimizer, asdict(cfg), states, rngs, cfg.keep)
-        if d.enabled:
-            dist.barrier()
-        return path
 
-    from tqdm import tqdm
+# --- the loop ------------------------------------------------------------------------------------
 
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not d.master, desc="train", unit="step",
+
+@torch.no_grad()
+def estimate_val_loss(run: Run) -> float:
+    model = run.raw_model
+    model.eval()
+    run.val_loader.reset()  # the same val batches every time, so evaluations compare
+    total = torch.zeros((), device=run.device)
+    for _ in range(run.cfg.eval_batches):
+        x, y = run.val_loader.next_batch()
+        x, y = x.to(run.device), y.to(run.device)
+        with autocast(run.device, run.amp):
+            _, loss = model(x, y, return_logits=False, amp=run.amp)
+        total += loss.detach().float()
+    model.train()
+    return float(all_reduce_mean(total / run.cfg.eval_batches, run.d))
+
+
+def samples(run: Run) -> list[str]:
+    cfg = run.cfg
+    enc = get_encoding()
+    prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
+    idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=run.device)
+    g = torch.Generator(device=run.device).manual_seed(cfg.seed)
+    out = generate(run.raw_model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=g, amp=run.amp)
+    return [enc.decode([t for t in row if t < enc.n_vocab]) for row in out.tolist()]
+
+
+def evaluate(run: Run, step: int, last_step: bool) -> float | None:
+    """The evaluations due before `step`: val loss (returned, None if not due), HellaSwag, samples."""
+    cfg, val = run.cfg, None
+    if cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or last_step):
+        val = estimate_val_loss(run)
+        run.log.write(step=step, val_loss=val)
+    if run.hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
+        hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
+                            amp=run.amp)
+        run.log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
+    if run.d.master and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
+        for text in samples(run):
+            tqdm.write(f"--- sample at step {step} ---\n{text}", file=sys.stderr)
+    return val
+
+
+def train_step(run: Run, step: int) -> tuple[float, float, float]:
+    """One optimizer step over `accum` micro-batches: (mean loss over ranks, gradient norm, learning rate)."""
+    cfg, d, device = run.cfg, run.d, run.device
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=device)
+    try:
+        for micro in range(run.accum):
+            x, y = run.train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # gradients are all-reduced once, on the last micro-step
+            sync = run.model.no_sync() if d.enabled and micro < run.accum - 1 else contextlib.nullcontext()
+            with sync, attention_backend(cfg.attention, device):
+                with autocast(device, run.amp):
+                    _, loss = run.model(x, y, return_logits=not run.chunked, amp=run.amp)
+                loss = loss / run.accum
+                loss_sum += loss.detach()
+                loss.backward()
+    except torch.cuda.OutOfMemoryError:
+        if step == run.start:
+            raise UserError(
+                f"out of memory on the first step with --batch-size {cfg.batch_size} --seq-len {cfg.seq_len}: "
+                "lower --batch-size (accumulation grows to keep --total-batch-tokens) or use a smaller model"
+            ) from None
+        raise
+    loss = float(all_reduce_mean(loss_sum, d))
+    if not math.isfinite(loss):
+        latest = ckpt.list_checkpoints(run.ckpt_dir)
+        where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved yet"
+        raise UserError(f"loss is {loss} at step {step}; stopping ({where}); try a lower --lr")
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
+    norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), clip)
+    lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * lr / cfg.lr  # each group's own peak (Muon's), on the one schedule
+    run.optimizer.step()
+    return loss, float(norm), lr
+
+
+def save_checkpoint(run: Run, step: int) -> Path | None:
+    """Every rank's loader position and RNG state, gathered; rank 0 writes; the path on rank 0, else None."""
+    states = gather(run.train_loader.state_dict(), run.d)
+    rngs = gather(ckpt.rng_state(), run.d)
+    path = None
+    if run.d.master:
+        path = ckpt.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer, asdict(run.cfg), states, rngs,
+                                    run.cfg.keep)
+    barrier(run.d)
+    return path
+
+
+def loop(run: Run) -> dict:
+    """Step the run to cfg.max_steps (or a stop signal); its result: run_dir, step, val_loss, checkpoint, ..."""
+    cfg, d = run.cfg, run.d
+    bar = tqdm(total=cfg.max_steps, initial=run.start, disable=not d.master, desc="train", unit="step",
                dynamic_ncols=True, file=sys.stderr)
     last_val = None
-    result: dict = {"run_dir": str(run_dir)}
-    step = start
+    result: dict[str, Any] = {"run_dir": str(run.run_dir)}
+    step = run.start
     with StopRequested() as stop:
         while step < cfg.max_steps:
             last_step = step == cfg.max_steps - 1
-            if cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or last_step):
-                last_val = estimate_val_loss(raw_model, val_loader, cfg.eval_batches, device, amp, d)
-                log.write(step=step, val_loss=last_val)
-            if hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
-                from gptscratch.evaluate.hellaswag import hellaswag_eval
-
-                hs = hellaswag_eval(raw_model, hellaswag, device, rank=d.rank, world_size=d.world_size, amp=amp)
-                log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
-            if d.master and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
-                for text in samples(raw_model, cfg, device, amp):
-                    tqdm.write(f"--- sample at step {step} ---\n{text}", file=sys.stderr)
-
+            val = evaluate(run, step, last_step)
+            last_val = val if val is not None else last_val
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            try:
-                for micro in range(accum):
-                    x, y = train_loader.next_batch()
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    # gradients are all-reduced once, on the last micro-step
-                    sync = model.no_sync() if d.enabled and micro < accum - 1 else contextlib.nullcontext()
-                    with sync, attention_backend(cfg.attention, device):
-                        with autocast(device, amp):
-                            _, loss = model(x, y, return_logits=not chunked, amp=amp)
-                        loss = loss / accum
-                        loss_sum += loss.detach()
-                        loss.backward()
-            except torch.cuda.OutOfMemoryError:
-                if step == start:
-                    raise UserError(
-                        f"out of memory on the first step with --batch-size {cfg.batch_size} --seq-len {cfg.seq_len}: "
-                        "lower --batch-size (accumulation grows to keep --total-batch-tokens) or use a smaller model"
-                    ) from None
-                raise
-            loss_value = float(all_reduce_mean(loss_sum, d))
-            if not math.isfinite(loss_value):
-                latest = ckpt.list_checkpoints(ckpt_dir)
-                where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved yet"
-                raise UserError(f"loss is {loss_value} at step {step}; stopping ({where}); try a lower --lr")
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
-            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
-            for group in optimizer.param_groups:
-                group["lr"] = group["peak_lr"] * lr / cfg.lr
-            optimizer.step()
-            if device.type == "cuda":
+            loss, norm, lr = train_step(run, step)
+            if run.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            tok_s = tokens_per_step / dt
-            record = dict(step=step, loss=loss_value, lr=lr, grad_norm=float(norm), tokens_per_s=round(tok_s, 1),
+            tok_s = run.tokens_per_step / dt
+            record = dict(step=step, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=round(tok_s, 1),
                           dt_ms=round(dt * 1000, 2))
-            if peak:
-                record["mfu"] = round(tok_s * flops / (peak * d.world_size), 4)
+            if run.peak_flops:
+                record["mfu"] = round(mfu(tok_s, run.flops_per_token, run.peak_flops * d.world_size), 4)
             if step % cfg.log_interval == 0 or last_step:
-                log.write(**record)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                run.log.write(**record)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             bar.update(1)
             step += 1
             testing.pause(testing.STEP_DELAY)  # tests kill a run between checkpoints here
             stop_now = any(gather(stop.signal is not None, d))  # every rank stops at the same step
             if (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop_now:
-                path = save(step)
+                path = save_checkpoint(run, step)
                 result["checkpoint"] = str(path) if path else None
             if stop_now:
                 if d.master:
@@ -403,17 +395,15 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     result["val_loss"] = last_val
     result["step"] = step
     if d.master and not result.get("stopped"):
-        result["samples"] = samples(raw_model, cfg, device, amp)
+        result["samples"] = samples(run)
         for i, text in enumerate(result["samples"]):
             print(f"--- sample {i + 1} ---\n{text}")
-        result["plot"] = _plot(run_dir)
+        result["plot"] = _plot(run.run_dir)
     return result
 
 
 def _plot(run_dir: Path) -> str | None:
     try:
-        from gptscratch.plot import plot_runs
-
         out = run_dir / "loss.png"
         plot_runs([run_dir], out)
         return str(out)
@@ -423,30 +413,44 @@ def _plot(run_dir: Path) -> str | None:
         return None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    overrides = parse_overrides(args.overrides)
-    for key in ("data", "out", "device"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    preset = args.preset
-    source = None
-    if args.resume:
-        run_dir = Path(overrides.get("out") or f"runs/{preset or 'demo'}")
+def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None) -> dict:
+    """Train per `cfg`, continuing `saved` (a checkpoint from `resolve_run`) when given."""
+    d, device = init_distributed(cfg.device)
+    try:
+        return loop(setup(cfg, saved, d, device))
+    finally:
+        shutdown(d)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConfig, ckpt.Checkpoint | None]:
+    """The run's config and the checkpoint it continues (None: a new run), from the command line's settings.
+
+    `--resume` alone continues the newest checkpoint of the run directory, or starts a new run when there is
+    none yet, so that a preemptible job can always be launched with --resume; `--resume PATH` must name a
+    checkpoint. A resumed run keeps its saved config; settings given again win (e.g. a longer --max-steps).
+    """
+    preset = settings.get("preset", "demo")
+    path = None
+    if resume:
+        run_dir = Path(settings.get("out") or f"runs/{preset}")
         try:
-            source = ckpt.find_checkpoint(run_dir if args.resume == "latest" else args.resume)
+            path = ckpt.find_checkpoint(run_dir if resume == "latest" else resume)
         except UserError:
-            if args.resume != "latest":
+            if resume != "latest":
                 raise
-            # nothing saved yet: start fresh, so a preemptible job can always be launched with --resume
             print(f"gptscratch train: no checkpoint in {run_dir} yet, starting a new run", file=sys.stderr)
-    if source is not None:
-        # continue the run as it was configured; explicit overrides still win (e.g. a longer --max-steps)
-        saved_cfg = ckpt.load_checkpoint(source).config
-        cfg = config_from_dict({**saved_cfg, **overrides})
-        validate(cfg)
-    else:
-        cfg = resolve_config(preset or "demo", overrides)
-    result = train(cfg, resume=str(source) if source is not None else None)
+    if path is None:
+        return resolve_config(preset, settings), None
+    saved = ckpt.load_checkpoint(path)  # state.json, read once; the weights and optimizer state, in setup
+    return config_from_dict({**saved.config, **settings}), saved
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg, saved = resolve_run(given_settings(args), args.resume)
+    result = train(cfg, saved)
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0
     run_dir = result["run_dir"]
@@ -460,22 +464,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    def shown(v: Any) -> str:
+        return shlex.quote(v) if isinstance(v, str) and v.isprintable() else repr(v) if isinstance(v, str) else str(v)
+
+    presets = "; ".join(f"{name}: " + " ".join(f"--{k.replace('_', '-')} {shown(v)}" for k, v in values.items())
+                        for name, values in PRESETS.items())
     p = sub.add_parser(
         "train",
         allow_abbrev=False,
         help="train a GPT (default: the demo preset on Shakespeare)",
         description=(
-            "Train a GPT-2. Every setting of the training config can be overridden as --key value "
-            f"(dashes or underscores). Presets: {', '.join(PRESETS)}. Under torchrun it runs DDP."
+            "Train a GPT-2. Every setting of the training config is a flag (--key value, --key=value; dashes or "
+            "underscores); a preset sets several at once, and flags given with it win. The defaults below are "
+            "before a preset applies. Under torchrun it runs DDP."
         ),
-        epilog="settings (defaults before a preset applies): "
-        + ", ".join(f"--{f.name.replace('_', '-')} {f.default!r}" for f in dataclasses.fields(TrainConfig))
-        + ".  Example: gptscratch train --preset gpt2-124m --data data/fineweb-edu --max-steps 100",
+        epilog=f"presets: {presets}. Example: gptscratch train --preset gpt2-124m --data data/fineweb-edu "
+               "--max-steps 100".replace("%", "%%"),
     )
-    p.add_argument("--preset", default=None, help="named config (default demo)")
-    p.add_argument("--data", default=None, help=f"token shard directory (default {DEFAULT_DATA})")
-    p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest checkpoint of the run dir, or from PATH")
-    p.set_defaults(func=cmd_train, accepts_overrides=True)
+    add_config_arguments(p)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="continue the newest checkpoint of the run dir (a new run if it has none yet), or PATH")
+    p.set_defaults(func=cmd_train, known_flags=setting_flags())

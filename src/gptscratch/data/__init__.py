@@ -1,6 +1,7 @@
 """Data: sources (sources.py), llm.c token shards (shards.py), `prepare` (prepare.py), TokenLoader (loader.py).
 
-Names are imported lazily so that `gptscratch prepare` and its worker processes never import torch.
+Names are imported lazily so that `gptscratch prepare` and its worker processes never import torch. The
+`prepare` function is `gptscratch.data.prepare.prepare`: `gptscratch.data.prepare` is its module.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import importlib
 
 _EXPORTS = {
     "TokenLoader": "gptscratch.data.loader",
-    "prepare": "gptscratch.data.prepare",
     "ensure_shakespeare": "gptscratch.data.prepare",
     "open_source": "gptscratch.data.sources",
     "iter_dataset_texts": "gptscratch.data.sources",
