@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from gptscratch import testing
 from gptscratch.errors import UserError
@@ -113,8 +114,6 @@ def save_checkpoint(
     rng_states: list[dict],
     keep: int = 0,
 ) -> Path:
-    from safetensors.torch import save_file
-
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:06d}"

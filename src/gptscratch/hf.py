@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from gptscratch.errors import UserError
+from gptscratch.hf_modern import is_gpt2, save_modern
 from gptscratch.io import atomic_path, read_safetensors, write_json
 from gptscratch.model import GPT, GPTConfig
 
@@ -184,10 +186,6 @@ def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
 
     A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf_modern).
     """
-    from safetensors.torch import save_file
-
-    from gptscratch.hf_modern import is_gpt2, save_modern
-
     if not is_gpt2(model.config):
         return save_modern(model, directory)
     if not model.config.bias:

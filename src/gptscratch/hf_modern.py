@@ -10,13 +10,14 @@ biases) are refused with the option named, rather than exported into a model tha
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from gptscratch.errors import UserError
+from gptscratch.io import atomic_path, write_json
 from gptscratch.model import GPT, RMS_EPS, GPTConfig
 
 GPT2_OPTIONS = dict(pos_embedding="learned", norm="layernorm", qk_norm=False, mlp="gelu", tie_embeddings=True,
@@ -99,15 +100,10 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def save_modern(model: GPT, directory: str | os.PathLike) -> Path:
     """Write config.json and model.safetensors that Qwen3ForCausalLM / LlamaForCausalLM load unchanged."""
-    from safetensors.torch import save_file
-
     model_type = check_exportable(model.config)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.safetensors.tmp"
-    save_file(to_hf_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config_to_hf(model.config, model_type), indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(to_hf_state_dict(model), str(tmp), metadata={"format": "pt"})
+    write_json(out / "config.json", config_to_hf(model.config, model_type))
     return out

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from gptscratch import testing
 from gptscratch.data import shards as fmt
@@ -332,8 +333,6 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
 
 
 def _run(writer: ShardWriter, documents: Iterable[str], workers: int, src: Source, progress: bool) -> None:
-    from tqdm import tqdm
-
     skip = writer.next_skip  # tokens of the first document already in finished shards
     docs = sum(s["documents"] for s in writer.shards)
     bar = tqdm(total=src.approx_tokens, initial=writer.written, unit="tok", unit_scale=True, smoothing=0.1,

@@ -40,6 +40,7 @@ from gptscratch.errors import UserError
 from gptscratch.io import atomic_path
 from gptscratch.paths import cache_dir
 from gptscratch.precision import autocast
+from gptscratch.tokenizer import get_encoding
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 # Lines in each official file, checked after download. The test split has no labels, so it is not here.
@@ -184,8 +185,6 @@ def ending_losses(
     needs no attention mask: causal attention never lets a real token see the padding after it.
     Examples are sorted by length first so a batch holds similar lengths and little padding.
     """
-    from gptscratch.tokenizer import get_encoding
-
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     config = _config(model)

@@ -1,0 +1,61 @@
+"""The package's layout holds: data flows one way (cli -> train/evaluate/generate -> model, data, checkpoint).
+
+Read from the source with `ast`, every import counted, those inside functions too.
+"""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in (SRC / "gptscratch").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from gptscratch import plot` imports the module gptscratch.plot
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names}
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_nothing_imports_the_cli():
+    # but `python -m gptscratch`, which runs it
+    assert [m for m, deps in import_graph().items() if "gptscratch.cli" in deps] == ["gptscratch.__main__"]
+
+
+def test_no_import_cycles():
+    graph, done, path = import_graph(), set(), []
+
+    def visit(m: str) -> None:
+        assert m not in path, "import cycle: " + " -> ".join([*path[path.index(m):], m])
+        if m in done:
+            return
+        path.append(m)
+        for d in sorted(graph[m]):
+            visit(d)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+
+
+def test_the_model_stands_alone():
+    graph = import_graph()
+    assert graph["gptscratch.model"] == {"gptscratch.errors"}
+    # the benchmarks live outside the package; only the `bench` shim reaches them, from a checkout
+    sources = {p: p.read_text() for p in (SRC / "gptscratch").rglob("*.py")}
+    assert [p.name for p, text in sources.items() if "import benchmarks" in text or "from benchmarks" in text] == [
+        "cli.py"]
