@@ -223,16 +223,18 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        # wpe second, where GPT-2 has it: the order of the parameters is the order of AdamW's saved state
+        # (and of the init's random draws), so a checkpoint saved before rope existed still resumes
+        wpe = {"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos_embedding == "learned" else {}
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                **wpe,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=make_norm(config, config.n_embd),
             )
         )
-        if config.pos_embedding == "learned":
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             # Weight tying (GPT-2 does it): the output projection is the token embedding.

@@ -109,6 +109,15 @@ def build_optimizer(model: nn.Module, cfg, device_type: str):
     return opt
 
 
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, keeping each group's `peak_lr` from this run's config: loading
+    replaces the groups' settings, and a checkpoint saved before groups had their own peaks has none."""
+    peaks = [group["peak_lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+        group["peak_lr"] = peak
+
+
 def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int, schedule: str = "cosine",
           decay_frac: float = 0.2) -> float:
     """Linear warmup from max_lr/warmup_steps to max_lr, then to min_lr at max_steps by `schedule`:

@@ -49,7 +49,7 @@ from gptscratch.hf import load_hf
 from gptscratch.io import write_json, write_text
 from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
-from gptscratch.optim import build_optimizer, lr_at
+from gptscratch.optim import build_optimizer, load_optimizer_state, lr_at
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.plot import plot_runs
 from gptscratch.precision import allow_tf32, autocast, autocast_dtype
@@ -226,7 +226,7 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
         if saved.config.get("optimizer", "adamw") != cfg.optimizer:
             raise UserError(f"{saved.path}: trained with --optimizer {saved.config.get('optimizer', 'adamw')}, "
                             f"not {cfg.optimizer}; resume with the optimizer whose state it holds")
-        optimizer.load_state_dict(saved.optimizer_state())
+        load_optimizer_state(optimizer, saved.optimizer_state())
         train_loader.load_state_dict(saved.loader_states[rank])
         ckpt.set_rng_state(saved.rng_state(rank))  # after the model's init: the run continues its own stream
         start = saved.step
