@@ -40,7 +40,6 @@ from __future__ import annotations
 import bisect
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -172,10 +171,6 @@ class TokenLoader:
             y = buf[1:].view(self.batch_size, self.seq_len)
         self.step += 1
         return x, y
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield self.next_batch()
 
     def reset(self) -> None:
         """Back to the first batch of the first epoch (a fixed val set evaluates the same windows)."""
