@@ -20,6 +20,7 @@ import torch
 
 from gptscratch import plot, train
 from gptscratch.checkpoint import load_model
+from gptscratch.config import BoolFlag
 from gptscratch.data import prepare
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
@@ -44,6 +45,11 @@ class HelpFormatter(argparse.HelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
                              break_on_hyphens=False)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BoolFlag):  # the value goes with --x only: --x [true|false], --no-x
+            return f"{action.option_strings[0]} [true|false], {', '.join(action.option_strings[1:])}"
+        return super()._format_action_invocation(action)
 
 
 class Parser(argparse.ArgumentParser):

@@ -55,7 +55,8 @@ class TrainConfig:
         "soft-cap of 15, zero-init projections and no biases (the options below override single pieces)")
     pos_embedding: Literal["learned", "rope"] = setting(
         "learned", "learned: a position table (GPT-2); rope: rotary, relative positions")
-    rope_base: float = setting(10000.0, "rope's base: the wavelength of its slowest rotation, in tokens")
+    rope_base: float = setting(10000.0, "rope's frequency base: channel pair i turns base^(-2i/head_dim) radians a "
+                               "position")
     norm: Literal["layernorm", "rmsnorm"] = setting("layernorm", "layernorm (GPT-2), or rmsnorm: no mean "
                                                     "subtraction, no bias")
     norm_weight: bool = setting(True, "rmsnorm with a learned gain (false: parameter-free)")
