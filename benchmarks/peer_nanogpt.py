@@ -76,12 +76,14 @@ def run_nanogpt(nanogpt: Path, data: Path, out: Path, preset: str, seed: int = 1
     ckpt_dir = (out / f"nanogpt-{seed}").resolve()  # train.py runs in `work`
     t0 = time.time()
     launch = ["train.py"] if seed == 1337 else ["-c", SEED_LAUNCHER.format(offset=seed - 1337)]
-    proc = subprocess.run([sys.executable, *launch, *nanogpt_args(preset, ckpt_dir)], cwd=work,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"nanoGPT's train.py failed:\n{proc.stderr[-3000:]}")
-    (out / f"nanogpt-{seed}.log").write_text(proc.stdout)
-    times = [float(m) for m in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
+    log = out / f"nanogpt-{seed}.log"
+    if not (ckpt_dir / "ckpt.pt").exists() or not log.exists():  # a finished run is reused
+        proc = subprocess.run([sys.executable, *launch, *nanogpt_args(preset, ckpt_dir)], cwd=work,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"nanoGPT's train.py failed:\n{proc.stderr[-3000:]}")
+        log.write_text(proc.stdout)
+    times = [float(m) for m in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", log.read_text(), re.M)]
     return {"seed": seed, "ckpt": str(ckpt_dir / "ckpt.pt"), "s_per_step": statistics.median(times[1:]) / 1000,
             "wall_s": round(time.time() - t0, 1)}
 
@@ -91,9 +93,10 @@ def run_ours(data: Path, out: Path, preset: str, seed: int, shuffle: str) -> dic
     t0 = time.time()
     cmd = [sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--data", str(data), "--out", str(run),
            "--seed", str(seed), "--shuffle", shuffle, "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"gptscratch train failed:\n{proc.stderr[-3000:]}")
+    if not (run / "checkpoints").exists():  # a finished run is reused (delete it to train again)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"gptscratch train failed:\n{proc.stderr[-3000:]}")
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"dt_ms"' in line]
     return {"run": str(run), "s_per_step": statistics.median(s["dt_ms"] for s in steps[1:]) / 1000,
             "wall_s": round(time.time() - t0, 1)}
