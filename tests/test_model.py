@@ -123,7 +123,7 @@ def test_kv_cache_forward_equals_full_forward():
 
 
 def test_not_gpt2_config_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
     with pytest.raises(UserError, match="model_type"):
         load_hf(str(tmp_path))
 

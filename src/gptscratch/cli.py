@@ -22,9 +22,11 @@ from gptscratch import plot, train
 from gptscratch.checkpoint import load_model
 from gptscratch.config import BoolFlag
 from gptscratch.data import prepare
+from gptscratch.data.shards import find_shards
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
+from gptscratch.evaluate.loss import split_loss
 from gptscratch.generate import check_sampling, generate
 from gptscratch.hf import load_hf, save_hf
 from gptscratch.model import GPT
@@ -152,6 +154,25 @@ def cmd_hellaswag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loss(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UserError(f"--seq-len {args.seq_len}: must be at least 1")
+    find_shards(args.data, args.split)  # a missing or empty --data fails before the model loads
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    result = split_loss(model, args.data, args.split, args.seq_len, args.batch_size, device,
+                        autocast_dtype(args.dtype, device), progress=not args.json)
+    summary = (f"loss {args.data} {args.split}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) over "
+               f"{result['windows']:,} windows of {result['seq_len']} tokens")
+    if args.json:
+        print(summary, file=sys.stderr)
+        print(json.dumps(result))
+    else:
+        print(summary)
+    return 0
+
+
 def register_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
                        description="Generate text with a KV cache and stream it to the terminal.")
@@ -175,7 +196,7 @@ def register_model_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="evaluate a model on a benchmark (hellaswag)",
+    p = sub.add_parser("eval", help="evaluate a model: hellaswag, or loss on a prepared corpus",
                        description="Evaluate a model on a benchmark.")
     evals = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
     h = evals.add_parser(
@@ -194,6 +215,21 @@ def register_model_commands(sub) -> None:
     h.add_argument("--dtype", choices=DTYPES, default="auto", help=f"{DTYPE_HELP} (default auto, as train's)")
     h.add_argument("--json", action="store_true", help="print one JSON line {n, acc, acc_norm} on stdout")
     h.set_defaults(func=cmd_hellaswag)
+
+    h = evals.add_parser(
+        "loss", help="mean cross-entropy and perplexity over every window of a prepared split",
+        description="Score a model on a corpus made by `gptscratch prepare`: every seq_len window of the split "
+        "(not a sample), batched. The number to compare models, runs and fine-tunes by.",
+    )
+    add_model_args(h)
+    h.add_argument("--data", required=True, metavar="DIR", help="a directory made by `gptscratch prepare`")
+    h.add_argument("--split", default="val", choices=["val", "train"], help="which split (default val)")
+    h.add_argument("--seq-len", type=int, default=None, metavar="T", help="window length (default: the model's "
+                   "context)")
+    h.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default 8)")
+    h.add_argument("--dtype", choices=DTYPES, default="float32", help=f"{DTYPE_HELP} (default float32)")
+    h.add_argument("--json", action="store_true", help="print one JSON line on stdout")
+    h.set_defaults(func=cmd_loss)
 
 
 # --- bench ---------------------------------------------------------------------------------------

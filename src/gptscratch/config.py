@@ -39,7 +39,9 @@ class TrainConfig:
     data: str = setting(DEFAULT_DATA, "directory of token shards made by `gptscratch prepare` (the default is "
                         "prepared from Shakespeare on first use)")
     out: str = setting("", "run directory; empty: runs/<preset>")
-    init_from: str = setting("", "start from a Hugging Face GPT-2 directory or hub id instead of random weights")
+    init_from: str = setting("", "start from these weights, not random ones: a Hugging Face directory or hub id "
+                             "(GPT-2, or a Qwen3/Llama model gptscratch exported) or a gptscratch checkpoint; "
+                             "the model's shape comes from it")
     # model
     n_layer: int = setting(12, "transformer blocks")
     n_head: int = setting(12, "attention heads per block")
@@ -196,6 +198,14 @@ PRESETS: dict[str, dict] = {
         n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_size=4, total_batch_tokens=0, lr=1e-3,
         warmup_steps=2, max_steps=20, eval_interval=10, eval_batches=2, ckpt_interval=10,
         num_samples=1, sample_tokens=8,
+    ),
+    # Fine-tuning a pretrained model (--init-from, which also sets the model's shape) on a small corpus: a
+    # lower lr than pretraining, a short warmup, dropout, few steps and frequent val; the lr chosen by the
+    # sweep in benchmarks/RESULTS.md ("Fine-tuning"). bf16 where the device has it, as pretraining.
+    "finetune": dict(
+        seq_len=256, batch_size=8, total_batch_tokens=0, lr=1e-4, min_lr_ratio=0.1, warmup_steps=20,
+        max_steps=200, dropout=0.1, weight_decay=0.1, eval_interval=20, eval_batches=8, ckpt_interval=100,
+        num_samples=2, sample_tokens=64, sample_prompt="\n",
     ),
     # build-nanogpt's GPT-2 124M recipe on FineWeb-Edu: 10B tokens in 19,073 steps of 2^19 tokens.
     "gpt2-124m": dict(hellaswag_interval=250, ckpt_interval=1000),

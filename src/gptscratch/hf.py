@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from gptscratch.errors import UserError
-from gptscratch.hf_modern import is_gpt2, save_modern
+from gptscratch.hf_modern import config_from_hf as modern_config_from_hf
+from gptscratch.hf_modern import is_gpt2, load_modern, save_modern
 from gptscratch.io import atomic_path, read_safetensors, write_json
 from gptscratch.model import GPT, GPTConfig
 
@@ -124,19 +125,39 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
 
 
-def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
-    """A Hugging Face GPT2LMHeadModel checkpoint (a local directory or a hub id like `gpt2`) as our GPT."""
+def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
+    """(directory, model_type, our config) of a Hugging Face directory or hub id, without reading weights.
+
+    GPT-2 (GPT2LMHeadModel) is GPT-2 exactly; Qwen3 and Llama are read as the modern options they match
+    (the directories `gptscratch export` writes for rope/rmsnorm/swiglu models).
+    """
     directory = _resolve(path_or_id)
     cfg_path = directory / "config.json"
     try:
         cfg = json.loads(cfg_path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{cfg_path}: missing (a Hugging Face GPT-2 directory needs config.json)") from None
+        raise UserError(f"{cfg_path}: missing (a Hugging Face model directory needs config.json)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
-    config = config_from_hf(cfg, str(cfg_path))
-    config.vocab_multiple = vocab_multiple
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path}: not a JSON object")
+    model_type = cfg.get("model_type")
+    if model_type in ("qwen3", "llama"):
+        return directory, model_type, modern_config_from_hf(cfg, str(cfg_path))
+    if model_type != "gpt2":
+        raise UserError(f"{cfg_path}: model_type is {model_type!r}; gptscratch reads gpt2, and the qwen3 or llama "
+                        "models it exports")
+    return directory, model_type, config_from_hf(cfg, str(cfg_path))
+
+
+def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
+    """A Hugging Face checkpoint (a local directory or a hub id like `gpt2`) as our GPT: a GPT2LMHeadModel,
+    or a Qwen3/Llama model of the shape gptscratch exports."""
+    directory, model_type, config = read_hf_config(path_or_id)
     hf_sd = _read_state_dict(directory)
+    if model_type != "gpt2":
+        return load_modern(directory, config, hf_sd, vocab_multiple)
+    config.vocab_multiple = vocab_multiple
 
     model = GPT(config)
     sd = model.state_dict()

@@ -107,3 +107,76 @@ def save_modern(model: GPT, directory: str | os.PathLike) -> Path:
         save_file(to_hf_state_dict(model), str(tmp), metadata={"format": "pt"})
     write_json(out / "config.json", config_to_hf(model.config, model_type))
     return out
+
+
+def config_from_hf(cfg: dict, source: str) -> GPTConfig:
+    """A transformers Qwen3/Llama config as ours; refuse what our model cannot represent (one line each)."""
+    model_type = cfg.get("model_type")
+    try:
+        C, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        rope = cfg.get("rope_parameters") or {}
+        config = GPTConfig(
+            block_size=int(cfg["max_position_embeddings"]), vocab_size=int(cfg["vocab_size"]),
+            n_layer=int(cfg["num_hidden_layers"]), n_head=heads, n_embd=C, bias=False,
+            pos_embedding="rope", rope_base=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            norm="rmsnorm", norm_weight=True, qk_norm=model_type == "qwen3", mlp="swiglu",
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+        checks = (
+            (cfg.get("hidden_act", "silu") == "silu", f"hidden_act {cfg.get('hidden_act')!r} (only silu: SwiGLU)"),
+            (int(cfg.get("num_key_value_heads") or heads) == heads, "grouped-query attention (num_key_value_heads)"),
+            (int(cfg.get("head_dim") or C // heads) == C // heads, "head_dim other than hidden_size / heads"),
+            (int(cfg["intermediate_size"]) == config.mlp_hidden,
+             f"intermediate_size {cfg['intermediate_size']} (ours is {config.mlp_hidden} at this width)"),
+            (abs(float(cfg.get("rms_norm_eps", RMS_EPS)) - RMS_EPS) < 1e-12, f"rms_norm_eps (ours is {RMS_EPS})"),
+            (not cfg.get("attention_bias") and not cfg.get("mlp_bias"), "biases"),
+            (rope.get("rope_type", "default") == "default" and not cfg.get("rope_scaling"), "rope scaling"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: missing or malformed {model_type} config field ({e})") from None
+    for ok, what in checks:
+        if not ok:
+            raise UserError(f"{source}: {what} has no equivalent in gptscratch's model")
+    return config
+
+
+def load_modern(directory: Path, config: GPTConfig, hf_sd: dict[str, torch.Tensor], vocab_multiple: int) -> GPT:
+    """The weights of a Qwen3/Llama directory (as `save_modern` writes them) in our layout."""
+    config.vocab_multiple = vocab_multiple
+    model = GPT(config)
+    V = config.vocab_size
+    want = to_hf_state_dict(model)  # our names -> theirs, to check names and shapes against
+    extra = sorted(set(hf_sd) - set(want) - {"lm_head.weight"})
+    missing = sorted(set(want) - set(hf_sd))
+    if extra or missing:
+        name = (extra or missing)[0]
+        raise UserError(f"{directory}: {'unexpected' if extra else 'missing'} weight {name!r}; not a model "
+                        "gptscratch exported, or truncated")
+    for key, tensor in want.items():
+        if hf_sd[key].shape != tensor.shape:
+            raise UserError(f"{directory}: weight {key!r} has shape {tuple(hf_sd[key].shape)}, "
+                            f"expected {tuple(tensor.shape)}")
+    sd = model.state_dict()
+    ours = {"transformer.wte.weight": hf_sd["model.embed_tokens.weight"],
+            "transformer.ln_f.weight": hf_sd["model.norm.weight"]}
+    if not config.tie_embeddings:
+        ours["lm_head.weight"] = hf_sd["lm_head.weight"]
+    for i in range(config.n_layer):
+        mine, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        ours |= {
+            mine + "ln_1.weight": hf_sd[theirs + "input_layernorm.weight"],
+            mine + "ln_2.weight": hf_sd[theirs + "post_attention_layernorm.weight"],
+            mine + "attn.c_attn.weight": torch.cat([hf_sd[theirs + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
+            mine + "attn.c_proj.weight": hf_sd[theirs + "self_attn.o_proj.weight"],
+            mine + "mlp.c_fc.weight": torch.cat([hf_sd[theirs + "mlp.gate_proj.weight"],
+                                                 hf_sd[theirs + "mlp.up_proj.weight"]]),
+            mine + "mlp.c_proj.weight": hf_sd[theirs + "mlp.down_proj.weight"],
+        }
+        if config.qk_norm:
+            ours[mine + "attn.q_norm.weight"] = hf_sd[theirs + "self_attn.q_norm.weight"]
+            ours[mine + "attn.k_norm.weight"] = hf_sd[theirs + "self_attn.k_norm.weight"]
+    with torch.no_grad():
+        for name, tensor in ours.items():
+            target = sd[name][:V] if name in ("transformer.wte.weight", "lm_head.weight") else sd[name]
+            target.copy_(tensor)  # padded vocab rows keep their init
+    return model

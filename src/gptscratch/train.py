@@ -45,7 +45,6 @@ from gptscratch.distributed import Dist, all_reduce_mean, barrier, gather, init_
 from gptscratch.errors import UserError
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
-from gptscratch.hf import load_hf
 from gptscratch.io import write_json, write_text
 from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
@@ -53,6 +52,7 @@ from gptscratch.optim import build_optimizer, load_optimizer_state, lr_at
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.plot import plot_runs
 from gptscratch.precision import allow_tf32, autocast, autocast_dtype
+from gptscratch.pretrained import load_source, with_source_shape
 from gptscratch.tokenizer import get_encoding
 
 
@@ -176,12 +176,8 @@ def load_hellaswag(cfg: TrainConfig) -> list[Example] | None:
 
 def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None) -> GPT:
     """The run's model: from --init-from or random weights, then the checkpoint's weights when resuming."""
-    if cfg.init_from:
-        model = load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
-        if model.config.block_size < cfg.seq_len:
-            raise UserError(
-                f"--seq-len {cfg.seq_len} exceeds {cfg.init_from}'s block size {model.config.block_size}"
-            )
+    if cfg.init_from and saved is None:  # a resumed run reads its own weights, not the source's again
+        model = load_source(cfg)
     else:
         model = GPT(cfg.model_config())
     if saved is not None:
@@ -443,9 +439,24 @@ def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConf
                 raise
             print(f"gptscratch train: no checkpoint in {run_dir} yet, starting a new run", file=sys.stderr)
     if path is None:
-        return resolve_config(preset, settings), None
+        cfg = resolve_config(preset, settings)
+        return (with_source_shape(cfg, settings) if cfg.init_from else cfg), None
     saved = ckpt.load_checkpoint(path)  # state.json, read once; the weights and optimizer state, in setup
     return config_from_dict({**saved.config, **settings}), saved
+
+
+def report_finetune(run_dir: Path, source: str, result: dict) -> None:
+    """What fine-tuning bought: the starting model's val loss (the step-0 evaluation, before any update)
+    against the last one, printed and logged as one metrics.jsonl record."""
+    path = run_dir / "metrics.jsonl"
+    start = next((r["val_loss"] for r in map(json.loads, path.read_text().splitlines())
+                  if r.get("step") == 0 and "val_loss" in r), None)
+    if start is None or result["val_loss"] is None:
+        return  # --eval-interval 0: nothing to compare
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": result["step"], "init_val_loss": start, "final_val_loss": result["val_loss"]})
+                + "\n")
+    print(f"fine-tuning from {source}: val loss {start:.4f} at the start, {result['val_loss']:.4f} at the end")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -454,6 +465,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0
     run_dir = result["run_dir"]
+    if cfg.init_from:
+        report_finetune(Path(run_dir), cfg.init_from, result)
     plot = f", plot {result['plot']}" if result.get("plot") else ""
     val = f", val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else ""
     prompt = cfg.sample_prompt.strip().splitlines()[0] if cfg.sample_prompt.strip() else ""
