@@ -46,4 +46,4 @@ mfu = [r["mfu"] for r in train if "mfu" in r]
 print(json.dumps({"train_tokens_per_s_median": round(tok), "mfu_median": statistics.median(mfu) if mfu else None,
                   "val": [r for r in rows if "val_loss" in r], "hellaswag": [r for r in rows if "hellaswag_n" in r]}))
 PYEOF
-if [ -n "${OUT:-}" ]; then cp "$RUN/metrics.jsonl" "$OUT/train_check_metrics.jsonl"; cp "$RUN/loss.png" "$OUT/train_check_loss.png" 2>/dev/null || true; fi
+if [ -n "${OUT:-}" ]; then TAG="${OUT_TAG:+_$OUT_TAG}"; cp "$RUN/metrics.jsonl" "$OUT/train_check${TAG}_metrics.jsonl"; cp "$RUN/loss.png" "$OUT/train_check${TAG}_loss.png" 2>/dev/null || true; fi
