@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
+import operator
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,17 +42,19 @@ class TrainConfig:
     data: str = setting(DEFAULT_DATA, "directory of token shards made by `gptscratch prepare` (the default is "
                         "prepared from Shakespeare on first use)")
     out: str = setting("", "run directory; empty: runs/<preset>")
+    overwrite: bool = setting(False, "a new run may replace the run already in --out (its config, metrics and "
+                              "checkpoints); without it such a run is refused. A resumed run never inherits it")
     init_from: str = setting("", "start from these weights, not random ones: a Hugging Face directory or hub id "
                              "(GPT-2, or a Qwen3/Llama model gptscratch exported) or a gptscratch checkpoint; "
                              "the model's shape comes from it")
     # model
-    n_layer: int = setting(12, "transformer blocks")
-    n_head: int = setting(12, "attention heads per block")
-    n_embd: int = setting(768, "width of the residual stream")
-    block_size: int = setting(0, "longest context the model can take; 0: the same as --seq-len")
+    n_layer: int = setting(12, "transformer blocks", min=1)
+    n_head: int = setting(12, "attention heads per block", min=1)
+    n_embd: int = setting(768, "width of the residual stream", min=1)
+    block_size: int = setting(0, "longest context the model can take; 0: the same as --seq-len", min=0)
     vocab_multiple: int = setting(64, "pad the vocabulary to a multiple of this (64 gives 50304): faster matmuls; "
-                                  "the padded rows are never sampled")
-    dropout: float = setting(0.0, "dropout probability")
+                                  "the padded rows are never sampled", min=1)
+    dropout: float = setting(0.0, "dropout probability", min=0, below=1)
     bias: bool = setting(True, "biases in the linear layers and LayerNorms, as GPT-2 has")
     # the architecture: a set of the options below (ARCHS); each option given overrides its piece of the set
     arch: Literal["gpt2", "modern"] = setting(
@@ -58,7 +63,7 @@ class TrainConfig:
     pos_embedding: Literal["learned", "rope"] = setting(
         "learned", "learned: a position table (GPT-2); rope: rotary, relative positions")
     rope_base: float = setting(10000.0, "rope's frequency base: channel pair i turns base^(-2i/head_dim) radians a "
-                               "position")
+                               "position", above=1)
     norm: Literal["layernorm", "rmsnorm"] = setting("layernorm", "layernorm (GPT-2), or rmsnorm: no mean "
                                                     "subtraction, no bias")
     norm_weight: bool = setting(True, "rmsnorm with a learned gain (false: parameter-free)")
@@ -66,47 +71,50 @@ class TrainConfig:
     mlp: Literal["gelu", "relu2", "swiglu"] = setting(
         "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU: three matrices, 2/3 as wide)")
     tie_embeddings: bool = setting(True, "the LM head is the token embedding (GPT-2)")
-    logit_softcap: float = setting(0.0, "> 0: logits = cap * tanh(logits / cap); 0: off")
+    logit_softcap: float = setting(0.0, "> 0: logits = cap * tanh(logits / cap); 0: off", min=0)
     zero_init_proj: bool = setting(False, "output projections (and an untied head) start at zero")
     # batch: total_batch_tokens = batch_size * seq_len * world_size * grad_accum_steps
-    batch_size: int = setting(64, "micro-batch per process, in sequences")
-    seq_len: int = setting(1024, "tokens per training sequence")
+    batch_size: int = setting(64, "micro-batch per process, in sequences", min=1)
+    seq_len: int = setting(1024, "tokens per training sequence", min=1)
     total_batch_tokens: int = setting(524_288, "tokens per optimizer step, over all processes and accumulation "
-                                      "micro-steps; 0: one micro-batch per process, no accumulation")
+                                      "micro-steps; 0: one micro-batch per process, no accumulation", min=0)
     # optimisation
-    lr: float = setting(6e-4, "peak learning rate")
-    min_lr_ratio: float = setting(0.1, "the cosine schedule decays to lr * min-lr-ratio")
-    warmup_steps: int = setting(715, "steps of linear warmup to the peak learning rate")
-    max_steps: int = setting(19_073, "optimizer steps of the whole run")
-    weight_decay: float = setting(0.1, "AdamW weight decay, on the 2-D weights only")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0: no clipping (the norm is still logged)")
+    lr: float = setting(6e-4, "peak learning rate", above=0)
+    min_lr_ratio: float = setting(0.1, "the cosine schedule decays to lr * min-lr-ratio", min=0, max=1)
+    warmup_steps: int = setting(715, "steps of linear warmup to the peak learning rate", min=0)
+    max_steps: int = setting(19_073, "optimizer steps of the whole run", min=1)
+    weight_decay: float = setting(0.1, "AdamW weight decay, on the 2-D weights only", min=0)
+    beta1: float = setting(0.9, "AdamW beta1", min=0, below=1)
+    beta2: float = setting(0.95, "AdamW beta2", min=0, below=1)
+    eps: float = setting(1e-8, "AdamW epsilon", above=0)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0: no clipping (the norm is still logged)",
+                               min=0)
     optimizer: Literal["adamw", "muon"] = setting(
         "adamw", "adamw: AdamW for everything (GPT-2); muon: Muon for the blocks' 2-D matrices, AdamW for the rest")
-    muon_lr: float = setting(0.0, "Muon's peak lr (scaled to match AdamW's update RMS); 0: the same as --lr")
-    muon_momentum: float = setting(0.95, "Muon's momentum")
+    muon_lr: float = setting(0.0, "Muon's peak lr (scaled to match AdamW's update RMS); 0: the same as --lr",
+                             min=0)
+    muon_momentum: float = setting(0.95, "Muon's momentum", min=0, below=1)
     schedule: Literal["cosine", "wsd"] = setting(
         "cosine", "cosine: warmup, then cosine decay; wsd: warmup, constant, then linear decay")
-    decay_frac: float = setting(0.2, "wsd: the final fraction of --max-steps that decays to the minimum lr")
+    decay_frac: float = setting(0.2, "wsd: the final fraction of --max-steps that decays to the minimum lr",
+                                min=0, max=1)
     # evaluation and logging
-    eval_interval: int = setting(250, "val loss every this many steps (and at the last); 0: never")
-    eval_batches: int = setting(20, "batches of the val split per val loss")
-    hellaswag_interval: int = setting(0, "HellaSwag accuracy every this many steps; 0: never")
+    eval_interval: int = setting(250, "val loss every this many steps (and at the last); 0: never", min=0)
+    eval_batches: int = setting(20, "batches of the val split per val loss", min=1)
+    hellaswag_interval: int = setting(0, "HellaSwag accuracy every this many steps; 0: never", min=0)
     hellaswag_file: str = setting("", "a HellaSwag .jsonl; empty: download the official val set into the cache")
-    hellaswag_limit: int = setting(0, "score only the first N HellaSwag examples; 0: every one")
-    sample_interval: int = setting(0, "print samples every this many steps; 0: only at the end")
-    num_samples: int = setting(2, "samples printed each time")
-    sample_tokens: int = setting(64, "tokens per sample")
+    hellaswag_limit: int = setting(0, "score only the first N HellaSwag examples; 0: every one", min=0)
+    sample_interval: int = setting(0, "print samples every this many steps; 0: only at the end", min=0)
+    num_samples: int = setting(2, "samples printed each time; 0: none", min=0)
+    sample_tokens: int = setting(64, "tokens per sample", min=1)
     sample_prompt: str = setting("<|endoftext|>", "text the samples continue")
-    log_interval: int = setting(1, "write a metrics.jsonl line every this many steps")
+    log_interval: int = setting(1, "write a metrics.jsonl line every this many steps", min=1)
     # checkpoints
     ckpt_interval: int = setting(1000, "save a checkpoint every this many steps (and at the last); 0: only at "
-                                 "the end")
-    keep: int = setting(3, "newest checkpoints kept; 0 keeps all")
+                                 "the end", min=0)
+    keep: int = setting(3, "newest checkpoints kept; 0 keeps all", min=0)
     # runtime
-    seed: int = setting(1337, "seed of the weights' init, the data order and the samples")
+    seed: int = setting(1337, "seed of the weights' init, the data order and the samples", min=0, below=2**63)
     device: str = setting("auto", "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     dtype: Dtype = setting("auto", DTYPE_HELP)
     compile: Literal["auto", "true", "false"] = setting(
@@ -231,21 +239,54 @@ def _flag(name: str) -> str:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Every check of a config's values, in one place; a bad value is a one-line UserError naming its flag."""
+    """Every check of a config's values, in one place; a bad value is a one-line UserError naming its flag.
+
+    A field's type is checked first (a config may come from a hand-edited or damaged config.json), then a
+    number's range: the bounds are in the field's metadata (`min`, `above`, `max`, `below`), and a float
+    must be finite, so `--lr nan` and `--dropout inf` are refused here like `--dropout 2`.
+    """
     for f in dataclasses.fields(cfg):
         kind, value = _types()[f.name], getattr(cfg, f.name)
-        if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
-            raise UserError(f"{_flag(f.name)} {value!r}: expected one of {', '.join(typing.get_args(kind))}")
+        if typing.get_origin(kind) is Literal:
+            if value not in typing.get_args(kind):
+                raise UserError(f"{_flag(f.name)} {value!r}: expected one of {', '.join(typing.get_args(kind))}")
+            continue
+        if not _has_type(value, kind):
+            raise UserError(f"{_flag(f.name)} {value!r}: expected {_TYPE_NAMES[kind]}")
+        if kind in (int, float):
+            bounds = _bounds(f.metadata)
+            if not (math.isfinite(value) and all(ok(value) for _, ok in bounds)):
+                expected = " and ".join(text for text, _ in bounds)
+                noun = "a finite number" if kind is float else "an integer"
+                raise UserError(f"{_flag(f.name)} {value}: expected {noun} {expected}")
     cfg.model_config().validate()
-    for name in ("batch_size", "seq_len", "max_steps"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: expected a positive integer")
     if cfg.block_size and cfg.block_size < cfg.seq_len:
         raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
-    if not (0.0 <= cfg.min_lr_ratio <= 1.0) or cfg.lr <= 0:
-        raise UserError("--lr must be positive and --min-lr-ratio within [0, 1]")
-    if not 0.0 <= cfg.decay_frac <= 1.0 or not cfg.muon_lr >= 0 or not 0.0 <= cfg.muon_momentum < 1.0:
-        raise UserError("--decay-frac must be within [0, 1], --muon-lr >= 0 and --muon-momentum within [0, 1)")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is float:  # an int is a float here (JSON writes 1.0 as 1 in some hands)
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _bounds(meta: Any) -> list[tuple[str, Callable[[float], bool]]]:
+    """A field's range from its metadata, as (text for the message, test) pairs."""
+    tests = {"min": (">=", operator.ge), "above": (">", operator.gt), "max": ("<=", operator.le),
+             "below": ("<", operator.lt)}
+    return [(f"{sign} {meta[key]}", lambda v, op=op, bound=meta[key]: op(v, bound))
+            for key, (sign, op) in tests.items() if key in meta]
+
+
+def numeric_fields_without_range() -> list[str]:
+    """Numeric settings that declare no range (a test keeps this empty: every number is checked)."""
+    return [f.name for f in dataclasses.fields(TrainConfig)
+            if _types()[f.name] in (int, float) and not _bounds(f.metadata)]
 
 
 def resolve_config(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:

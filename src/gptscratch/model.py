@@ -13,7 +13,8 @@ nanochat measured each). Each is a small branch where it applies; read the GPT-2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -58,6 +59,15 @@ class GPTConfig:
         return 4 * self.n_embd
 
     def validate(self) -> None:
+        for f in fields(self):  # a config read from a damaged or hand-edited state.json may hold anything
+            value, kind = getattr(self, f.name), {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool"):
+                raise UserError(f"model config {f.name}={value!r}: expected {f.type}")
+        if not (0 <= self.dropout < 1 and math.isfinite(self.rope_base) and math.isfinite(self.logit_softcap)):
+            raise UserError("--dropout must be within [0, 1), --rope-base and --logit-softcap finite")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model config {name}={getattr(self, name)} must be a positive integer")
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         for name, valid in (("pos_embedding", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
@@ -71,9 +81,6 @@ class GPTConfig:
             raise UserError("--logit-softcap must be >= 0 and --rope-base > 1")
         if (self.norm == "rmsnorm" or self.qk_norm) and not hasattr(nn, "RMSNorm"):
             raise UserError(f"rmsnorm and qk_norm need torch >= 2.4 (nn.RMSNorm); this is torch {torch.__version__}")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model config {name}={getattr(self, name)} must be a positive integer")
 
 
 RMS_EPS = 1e-6  # the epsilon of every RMSNorm (Qwen3's default, so exports match it exactly)
