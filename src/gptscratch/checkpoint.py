@@ -4,8 +4,10 @@ A checkpoint is a directory `checkpoints/step_000100/` holding:
 - `model.safetensors`: the weights (the tied LM head stored once, as `transformer.wte.weight`);
 - `optimizer.pt`: AdamW's state, loaded with `weights_only=True`;
 - `state.json`: step, the run's config, the model shape, every rank's loader position and RNG states.
-It is written under a temporary name and renamed into place, so a reader sees a complete checkpoint
-or none; the previous one stays until the new one is complete.
+It is written under a temporary name and renamed into place (io.atomic_dir), so a reader sees a complete
+checkpoint or none; the previous one stays until the new one is complete. A full disk ends the write with a
+one-line error and removes the partial directory; a killed writer's `.tmp-step_*` is swept by the next run
+that takes the directory's lock (run_dir.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from gptscratch import testing
 from gptscratch.errors import UserError
-from gptscratch.io import fsync_dir, read_safetensors
+from gptscratch.io import atomic_dir, read_safetensors, save_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
 
 FORMAT = "gptscratch-checkpoint-1"
@@ -114,41 +115,40 @@ def save_checkpoint(
     rng_states: list[dict],
     keep: int = 0,
 ) -> Path:
+    """Write checkpoints/step_NNNNNN as a whole (io.atomic_dir), then drop all but the newest `keep`."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:06d}"
-    tmp = ckpt_dir / f".tmp-step_{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    for rank, state in enumerate(rng_states):
-        torch.save(state, tmp / f"rng_rank{rank}.pt")
-    testing.pause(testing.CKPT_DELAY)  # tests kill a write in progress here
-    state = {
-        "format": FORMAT,
-        "step": step,
-        "world_size": len(loader_states),
-        "model_config": asdict(model.config),
-        "config": config,
-        "loader_states": loader_states,
-    }
-    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again (a resumed run): replace it as a whole
-        old = ckpt_dir / f".old-step_{step:06d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(ckpt_dir)
+    with atomic_dir(final) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in stored_weights(model).items()}
+        save_safetensors(weights, tmp / "model.safetensors", metadata={"format": FORMAT})
+        # through Python file objects, so that a full disk raises an OSError (torch's own writer raises
+        # a RuntimeError that says nothing of the disk)
+        with open(tmp / "optimizer.pt", "wb") as f:
+            torch.save(optimizer.state_dict(), f)
+        for rank, state in enumerate(rng_states):
+            with open(tmp / f"rng_rank{rank}.pt", "wb") as f:
+                torch.save(state, f)
+        testing.halt("checkpoint", step)  # tests kill a write in progress here
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "world_size": len(loader_states),
+            "model_config": asdict(model.config),
+            "config": config,
+            "loader_states": loader_states,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     if keep > 0:
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def step_of(path: Path) -> int:
+    """The step of a checkpoint directory `step_NNNNNN`."""
+    return int(path.name.removeprefix("step_"))
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -156,8 +156,15 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.glob("step_*") if p.is_dir() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: p.name)
+    found = [p for p in ckpt_dir.glob("step_*")
+             if p.name[5:].isdigit() and p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=step_of)
+
+
+def run_dir_of(step_dir: Path) -> Path | None:
+    """The run directory holding a checkpoint (RUN/checkpoints/step_N), or None for one outside a run's."""
+    step_dir = Path(step_dir)
+    return step_dir.parent.parent if step_dir.parent.name == "checkpoints" else None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -185,16 +192,21 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"{state_path}: not a {FORMAT} file")
     try:
         model_config = GPTConfig(**state["model_config"])
-        return Checkpoint(
-            path=step_dir,
-            step=int(state["step"]),
-            config=state["config"],
-            model_config=model_config,
-            loader_states=state["loader_states"],
-            world_size=int(state["world_size"]),
-        )
+        model_config.validate()
+        saved = Checkpoint(path=step_dir, step=state["step"], config=state["config"], model_config=model_config,
+                           loader_states=state["loader_states"], world_size=state["world_size"])
     except (KeyError, TypeError) as e:
         raise UserError(f"{state_path}: missing or malformed field ({e})") from None
+    except UserError as e:
+        raise UserError(f"{state_path}: {e}") from None
+    # fields of the wrong type would fail far from here (a list as the step, a string as a loader state)
+    fine = (isinstance(saved.step, int) and saved.step >= 0 and isinstance(saved.world_size, int)
+            and saved.world_size >= 1 and isinstance(saved.config, dict) and isinstance(saved.loader_states, list)
+            and len(saved.loader_states) == saved.world_size and all(isinstance(s, dict) for s in saved.loader_states))
+    if not fine:
+        raise UserError(f"{state_path}: step, world_size, config or loader_states has the wrong type or size; "
+                        "damaged or not written by gptscratch")
+    return saved
 
 
 def load_model(path: str | os.PathLike) -> GPT:

@@ -1,14 +1,19 @@
-"""One process, or many under torchrun: which rank this is, and the two collectives the loop needs."""
+"""One process, or many under torchrun: which rank this is, and the few collectives the loop needs."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from gptscratch.device import pick_device
+from gptscratch.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,3 +72,22 @@ def gather(obj, d: Dist) -> list:
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
+
+
+def on_master(d: Dist, work: Callable[[], T]) -> T | None:
+    """`work()` on rank 0 (None elsewhere); its UserError is raised on every rank.
+
+    Rank 0 alone touches the run directory (the lock, config.json, checkpoints). Were it to fail alone, the
+    other ranks would wait at their next collective until a timeout; the gather here, which also keeps the
+    ranks in step as a barrier would, tells them to stop with the same one-line error.
+    """
+    result, error = None, None
+    if d.master:
+        try:
+            result = work()
+        except UserError as e:
+            error = str(e)
+    error = gather(error, d)[0]
+    if error is not None:
+        raise UserError(error)
+    return result
