@@ -3,11 +3,10 @@
 import json
 import math
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -225,6 +224,21 @@ def test_train_end_to_end(shards, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Hello")
 
 
+def halted(p: subprocess.Popen) -> str:
+    """Read p's stderr until p halts at its test hook (testing.halt); what it printed until then.
+
+    The process stays halted until killed, so whatever happens next happens at exactly that moment,
+    however slowly a loaded machine runs it; no sleep or poll decides it.
+    """
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if testing.HALTED in line:
+            return "".join(seen)
+    p.wait()
+    raise AssertionError(f"exit {p.returncode} before the test hook:\n" + "".join(seen)[-3000:])
+
+
 def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
     common = [*TINY, "--data", str(shards), "--max-steps", "16", "--ckpt-interval", "4", "--eval-interval", "8",
               "--dtype", "float32"]  # exactness is promised for float32 on a CPU
@@ -233,16 +247,12 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
     assert p.wait(timeout=300) == 0, p.stderr.read()
 
     run = tmp_path / "killed"
-    p = gptscratch("train", *common, "--out", str(run), env={testing.STEP_DELAY: "0.3"})
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_000008").exists():
-        assert p.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
+    p = gptscratch("train", *common, "--out", str(run), env={testing.HALT: "step:10"})
+    halted(p)  # steps 0-9 done, checkpoint 8 written
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert not (run / "checkpoints" / "step_000016").exists()
-    killed_at = max(train_losses(run))
-    assert killed_at < 15
+    assert sorted(c.name for c in (run / "checkpoints").iterdir()) == ["step_000004", "step_000008"]
+    assert max(train_losses(run)) == 9
     p = gptscratch("train", *common, "--out", str(run), "--resume")
     assert p.wait(timeout=300) == 0, p.stderr.read()
     # A resume bug (a skipped or repeated batch, a lost optimizer state, the wrong lr step) moves losses by
@@ -265,16 +275,18 @@ def test_sigkill_and_resume_gives_identical_losses(shards, tmp_path):
         warnings.warn("resume matched within float32 rounding but not bit for bit this time", stacklevel=1)
 
 
-def test_kill_during_checkpoint_write_keeps_previous(shards, tmp_path):
+def test_kill_during_checkpoint_write_keeps_previous_and_the_lock_holds_until_then(shards, tmp_path, capsys):
     run = tmp_path / "run"
     args = [*TINY, "--data", str(shards), "--out", str(run), "--max-steps", "8", "--ckpt-interval", "4"]
-    p = gptscratch("train", *args, env={testing.CKPT_DELAY: "2"})
+    p = gptscratch("train", *args, env={testing.HALT: "checkpoint:8"})
+    halted(p)  # checkpoint 4 complete, checkpoint 8 half written
     ckpts = run / "checkpoints"
-    deadline = time.time() + 120
-    # the first write completes after its delay; kill the second while it is half written
-    while not ((ckpts / "step_000004").exists() and any(ckpts.glob(".tmp-step_000008*"))):
-        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
-        time.sleep(0.05)
+    assert (ckpts / "step_000004").exists() and len(list(ckpts.glob(".tmp-step_000008-*"))) == 1
+    # while it lives, the run owns its directory: a second run, new or resumed, fails at once naming it
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        assert main(["train", *args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another training run (pid {p.pid})" in err and err.count("\n") == 1
     p.send_signal(signal.SIGKILL)
     p.wait()
     from gptscratch.checkpoint import load_checkpoint
@@ -282,10 +294,12 @@ def test_kill_during_checkpoint_write_keeps_previous(shards, tmp_path):
     saved = load_checkpoint(run)
     assert saved.step == 4
     saved.load_model()  # the weights are complete
-    # and a resumed run finishes from it
+    # the OS dropped the killed run's lock: a resumed run takes the directory, sweeps the half-written
+    # checkpoint and finishes
     p = gptscratch("train", *args, "--resume")
     assert p.wait(timeout=300) == 0, p.stderr.read()
     assert load_checkpoint(run).step == 8
+    assert sorted(c.name for c in ckpts.iterdir()) == ["step_000004", "step_000008"]
 
 
 def test_checkpoint_of_another_shape_is_refused(shards, tmp_path, capsys):
@@ -307,12 +321,11 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path)
     single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
     assert single.wait(timeout=300) == 0, single.stderr.read()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:  # torchrun's --master_port=0 does not pick a free port for us
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # --standalone: torchrun binds its own free port and keeps it; a port picked here and released would
+    # be free to another process before torchrun binds it (a test that failed under load)
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={port}", "-m", "gptscratch", "train", *common, "--out", str(tmp_path / "two")],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
+         "train", *common, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -331,3 +344,176 @@ def test_keep_holds_only_the_newest_checkpoints(shards, tmp_path):
     assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "8", "--ckpt-interval", "2",
                  "--keep", "2", "--eval-interval", "0", "--sample-tokens", "1"]) == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000006", "step_000008"]
+
+
+# --- the run directory: one owner, resume writes only where it should --------------------------
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes (the lock file aside)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "train.lock"}
+
+
+def test_a_new_run_refuses_a_directory_that_holds_a_run(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*TINY, "--data", str(shards), "--out", str(run), "--max-steps", "4", "--ckpt-interval", "2",
+            "--eval-interval", "0", "--sample-tokens", "1"]
+    assert main(["train", *args]) == 0
+    before = tree(run)
+    capsys.readouterr()
+    assert main(["train", *args, "--lr", "1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (checkpoints/step_000004)" in err and "--resume" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and tree(run) == before  # nothing written, nothing removed
+    # --overwrite replaces it: the old run's checkpoints go, the new run's alone remain
+    assert main(["train", *args, "--max-steps", "3", "--overwrite"]) == 0
+    assert "--overwrite: removed the run that was in" in capsys.readouterr().err
+    assert sorted(c.name for c in (run / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
+    assert sorted(train_losses(run)) == [0, 1, 2]
+    # a run killed before its first checkpoint left only config.json and metrics: --resume starts it again
+    for c in (run / "checkpoints").iterdir():
+        shutil.rmtree(c)
+    assert main(["train", *args, "--max-steps", "2"]) == 2
+    assert "already holds a run (config.json)" in capsys.readouterr().err
+    assert main(["train", *args, "--max-steps", "2", "--resume"]) == 0
+    assert sorted(train_losses(run)) == [0, 1]
+
+
+def test_resume_writes_only_into_the_named_directory(shards, tmp_path, capsys):
+    args = [*TINY, "--data", str(shards), "--max-steps", "4", "--ckpt-interval", "2", "--eval-interval", "0",
+            "--sample-tokens", "1"]
+    victim, run = tmp_path / "victim", tmp_path / "run"
+    assert main(["train", *args, "--out", str(victim)]) == 0
+    assert main(["train", *args, "--out", str(run)]) == 0
+    untouched = tree(victim)
+    # a crafted (or copied) checkpoint whose saved config points elsewhere
+    state_path = run / "checkpoints" / "step_000002" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["config"]["out"] = str(victim)
+    state_path.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(state_path.parent), "--max-steps", "6"]) == 0
+    assert tree(victim) == untouched
+    assert json.loads((run / "config.json").read_text())["out"] == str(run)
+    assert load_checkpoint_step(run) == 6
+    # resumed into another directory that holds a run: refused unless --overwrite
+    assert main(["train", "--resume", str(state_path.parent), "--out", str(victim)]) == 2
+    assert "already holds a run (checkpoints/step_000004) other than" in capsys.readouterr().err
+    assert tree(victim) == untouched
+    # a different preset on --resume would be recorded without taking effect: refused
+    assert main(["train", "--resume", "--out", str(run), "--preset", "demo"]) == 2
+    assert "--preset demo: " in capsys.readouterr().err
+
+
+def load_checkpoint_step(run: Path) -> int:
+    from gptscratch.checkpoint import load_checkpoint
+
+    return load_checkpoint(run).step
+
+
+def test_resuming_an_older_step_sets_the_newer_timeline_aside(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*TINY, "--data", str(shards), "--out", str(run), "--ckpt-interval", "2", "--keep", "0",
+            "--eval-interval", "0", "--sample-tokens", "1"]
+    assert main(["train", *args, "--max-steps", "8"]) == 0
+    old_metrics = read_metrics(run)
+    old_step6 = tree(run / "checkpoints" / "step_000006")
+    capsys.readouterr()
+    assert main(["train", *args, "--max-steps", "6", "--lr", "2e-3", "--resume",
+                 str(run / "checkpoints" / "step_000004")]) == 0
+    err = capsys.readouterr().err
+    [aside] = (run / "checkpoints").glob("abandoned-*")
+    assert f"moved the newer checkpoints and metrics to {aside}" in err
+    assert sorted(c.name for c in (run / "checkpoints").glob("step_*")) == [
+        "step_000002", "step_000004", "step_000006"]
+    # the abandoned timeline, whole: its checkpoints, its metrics from step 4 on, its config
+    assert sorted(p.name for p in aside.iterdir()) == ["config.json", "metrics.jsonl", "step_000006", "step_000008"]
+    assert tree(aside / "step_000006") == old_step6
+    assert read_metrics(aside) == [r for r in old_metrics if r["step"] >= 4]
+    assert json.loads((aside / "config.json").read_text())["lr"] == 1e-3
+    # the run's own metrics: the old steps before 4, then the new timeline
+    ours = read_metrics(run)
+    assert [r for r in ours if r["step"] < 4] == [r for r in old_metrics if r["step"] < 4]
+    assert sorted(train_losses(run)) == list(range(6))
+
+
+def test_nan_guard_names_a_checkpoint_whose_weights_give_a_finite_loss(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    # a learning rate that diverges within a few steps; a checkpoint after every step
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--lr", "100", "--grad-clip", "0",
+                 "--warmup-steps", "0", "--ckpt-interval", "1", "--keep", "0", "--eval-interval", "0"]) == 2
+    err = capsys.readouterr().err
+    # the error stands on its own line, not glued to the progress bar's
+    [line] = [ln for ln in err.replace("\r", "\n").splitlines() if "error" in ln]
+    assert line.startswith("gptscratch train: error: loss is nan at step ")
+    bad_step = int(line.split("at step ")[1].split(";")[0])
+    kept = sorted((run / "checkpoints").glob("step_*"))
+    assert kept and kept[-1].name == f"step_{bad_step - 1:06d}" and f"last good checkpoint is {kept[-1]}" in line
+    from gptscratch.checkpoint import load_checkpoint
+    from gptscratch.data.loader import TokenLoader
+
+    x, y = TokenLoader(shards, "val", batch_size=4, seq_len=32).next_batch()
+    for c in kept:  # every checkpoint left resumes into a finite loss
+        _, loss = load_checkpoint(c).load_model()(x, y)
+        assert math.isfinite(loss.item()), c
+
+
+def test_disk_full_while_writing_a_checkpoint_ends_in_one_line_and_leaves_no_partial_one(shards, tmp_path, capsys,
+                                                                                        monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real_save, calls = safetensors.torch.save_file, []
+
+    def full_on_second(*args, **kwargs):  # what safetensors raises when the disk is full
+        calls.append(1)
+        if len(calls) == 2:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_on_second)
+    run = tmp_path / "run"
+    args = [*TINY, "--data", str(shards), "--out", str(run), "--max-steps", "4", "--ckpt-interval", "2",
+            "--eval-interval", "0", "--sample-tokens", "1"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write" in err and "step_000004: No space left on device" in err
+    assert err.splitlines()[-1].startswith("gptscratch train: error:") and "Traceback" not in err
+    assert [c.name for c in (run / "checkpoints").iterdir()] == ["step_000002"]  # no partial directory
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    assert main(["train", *args, "--resume"]) == 0
+    assert load_checkpoint_step(run) == 4
+
+
+def test_an_out_that_cannot_be_written_ends_in_one_line(shards, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for out, message in ((blocker, "exists and is not a directory"), (blocker / "run", "Not a directory")):
+        assert main(["train", *TINY, "--data", str(shards), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert main(["train", *TINY, "--data", str(shards), "--out", str(ro / "run")]) == 2
+        assert "Permission denied" in capsys.readouterr().err
+
+
+def test_a_locked_run_dir_stops_every_torchrun_rank(shards, tmp_path):
+    from gptscratch.rundir import RunLock
+
+    run = tmp_path / "run"
+    lock = RunLock(run)  # this process owns it
+    try:
+        ddp = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
+             "train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "2"],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        lock.release()
+    assert ddp.returncode != 0
+    message = f"is in use by another training run (pid {os.getpid()})"
+    assert ddp.stderr.count(message) == 2, ddp.stderr[-3000:]  # each rank stopped on it, none waited
+    assert not (run / "config.json").exists()

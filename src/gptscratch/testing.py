@@ -1,30 +1,32 @@
-"""Hooks that let the tests stop work at a chosen moment; they do nothing unless the tests set them.
+"""A hook that lets the tests stop work at a chosen moment; it does nothing unless the tests set it.
 
-The tests check that a kill at a bad time loses nothing: they run `gptscratch` in a subprocess with one
-of these variables set to a number of seconds, wait until the run reaches the moment of interest, and
-send SIGKILL. Each hook is one call at that moment in the production code, named after it:
+The tests check that a kill at a bad time loses nothing: they run `gptscratch` in a subprocess with
+GPTSCRATCH_TEST_HALT naming a moment, read its stderr until it says it halted there, and send SIGKILL.
+The process halts for good at that moment, so the kill lands exactly there however loaded the machine
+is (a sleep-and-poll would land wherever the scheduler let it). The moments, one call each in the code:
 
-- GPTSCRATCH_TEST_STEP_DELAY: after every training step (train.py), to kill a run between checkpoints;
-- GPTSCRATCH_TEST_CKPT_DELAY: inside a checkpoint write, before its state.json (checkpoint.py), to kill
-  a half-written checkpoint;
-- GPTSCRATCH_TEST_SHARD_DELAY: after every shard `prepare` writes (data/prepare.py), to kill it between
-  shards.
+- `step:N`: after training step N-1, once N steps are done (train.py), to kill a run between checkpoints;
+- `checkpoint:N`: inside the write of checkpoint N, before its state.json (checkpoint.py), to kill a
+  half-written checkpoint;
+- `shard:N`: after `prepare` has written N shards (data/prepare.py), to kill it between shards.
 
-Unset (always, outside the tests), a hook costs one environment lookup. This module imports nothing
+Unset (always, outside the tests), the hook costs one environment lookup. This module imports nothing
 heavy: `prepare`'s worker processes never load torch.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-STEP_DELAY = "GPTSCRATCH_TEST_STEP_DELAY"
-CKPT_DELAY = "GPTSCRATCH_TEST_CKPT_DELAY"
-SHARD_DELAY = "GPTSCRATCH_TEST_SHARD_DELAY"
+HALT = "GPTSCRATCH_TEST_HALT"
+HALTED = "gptscratch-test: halted at"  # then the moment, on stderr
 
 
-def pause(hook: str) -> None:
-    """Sleep for the seconds the environment variable `hook` holds, if it is set."""
-    if seconds := float(os.environ.get(hook) or 0):
-        time.sleep(seconds)
+def halt(kind: str, n: int) -> None:
+    """Halt here for good, saying so on stderr first, if GPTSCRATCH_TEST_HALT is `kind:n`."""
+    if os.environ.get(HALT) == f"{kind}:{n}":
+        print(f"{HALTED} {kind}:{n}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)

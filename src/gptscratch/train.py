@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gptscratch import checkpoint as ckpt
-from gptscratch import testing
+from gptscratch import rundir, testing
 from gptscratch.config import (
     CUDAGRAPH_MODES,
     PRESETS,
@@ -41,11 +41,11 @@ from gptscratch.config import (
 from gptscratch.data.loader import TokenLoader
 from gptscratch.data.prepare import ensure_shakespeare
 from gptscratch.device import attention_backend
-from gptscratch.distributed import Dist, all_reduce_mean, barrier, gather, init_distributed, shutdown
+from gptscratch.distributed import Dist, all_reduce_mean, barrier, gather, init_distributed, on_master, shutdown
 from gptscratch.errors import UserError
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
-from gptscratch.io import write_json, write_text
+from gptscratch.io import append_text
 from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
 from gptscratch.optim import build_optimizer, load_optimizer_state, lr_at
@@ -57,30 +57,15 @@ from gptscratch.tokenizer import get_encoding
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, appended and flushed as it happens."""
+    """metrics.jsonl: one JSON object per line, appended as it happens (rundir.make_ready starts or trims it)."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+    def __init__(self, path: Path, enabled: bool):
         self.path = path
         self.enabled = enabled
-        if enabled and resume_step is not None and path.exists():
-            # drop what the interrupted run logged after its checkpoint: the resumed run logs it again
-            keep = [ln for ln in path.read_text().splitlines() if _step_of(ln) < resume_step]
-            write_text(path, "".join(ln + "\n" for ln in keep))
-        elif enabled:
-            path.write_text("")
 
     def write(self, **record) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics line; a line cut short by a kill counts as after any checkpoint."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
+            append_text(self.path, json.dumps(record) + "\n")
 
 
 class StopRequested:
@@ -228,16 +213,14 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
         start = saved.step
     model = wrap_for_training(raw_model, cfg, d, device)
 
-    run_dir = Path(cfg.run_dir())
-    if d.master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", asdict(cfg))
+    run_dir = Path(cfg.run_dir())  # claimed by `train` (rundir.claim) before any of the above
+    on_master(d, lambda: rundir.make_ready(run_dir, saved.path if saved else None, cfg.overwrite, asdict(cfg)))
     n_params = raw_model.num_params()
     run = Run(
         cfg=cfg, d=d, device=device, amp=autocast_dtype(cfg.dtype, device), chunked=chunked_loss(cfg, device),
         accum=accum, run_dir=run_dir, model=model, raw_model=raw_model, optimizer=optimizer,
         train_loader=train_loader, val_loader=val_loader, hellaswag=hellaswag,
-        log=MetricsLog(run_dir / "metrics.jsonl", d.master, start if saved is not None else None), start=start,
+        log=MetricsLog(run_dir / "metrics.jsonl", d.master), start=start,
         tokens_per_step=cfg.batch_size * cfg.seq_len * accum * d.world_size,
         flops_per_token=flops_per_token(raw_model.config, cfg.seq_len, n_params), peak_flops=peak_flops(device),
     )
@@ -273,6 +256,8 @@ def estimate_val_loss(run: Run) -> float:
 
 def samples(run: Run) -> list[str]:
     cfg = run.cfg
+    if cfg.num_samples == 0:
+        return []
     enc = get_encoding()
     prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
     idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=run.device)
@@ -297,8 +282,8 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
     return val
 
 
-def train_step(run: Run, step: int) -> tuple[float, float, float]:
-    """One optimizer step over `accum` micro-batches: (mean loss over ranks, gradient norm, learning rate)."""
+def forward_backward(run: Run, step: int) -> float:
+    """The gradients of step `step` over `accum` micro-batches; its loss, the mean over ranks, checked finite."""
     cfg, d, device = run.cfg, run.d, run.device
     run.optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
@@ -323,48 +308,78 @@ def train_step(run: Run, step: int) -> tuple[float, float, float]:
         raise
     loss = float(all_reduce_mean(loss_sum, d))
     if not math.isfinite(loss):
-        latest = ckpt.list_checkpoints(run.ckpt_dir)
-        where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved yet"
-        raise UserError(f"loss is {loss} at step {step}; stopping ({where}); try a lower --lr")
+        raise diverged(run, step, f"loss is {loss} at step {step}")
+    return loss
+
+
+def update(run: Run, step: int) -> tuple[float, float]:
+    """Clip and apply the gradients of step `step`: (gradient norm, learning rate)."""
+    cfg = run.cfg
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), clip)
     lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
     for group in run.optimizer.param_groups:
         group["lr"] = group["peak_lr"] * lr / cfg.lr  # each group's own peak (Muon's), on the one schedule
     run.optimizer.step()
-    return loss, float(norm), lr
+    return float(norm), lr
 
 
-def save_checkpoint(run: Run, step: int) -> Path | None:
-    """Every rank's loader position and RNG state, gathered; rank 0 writes; the path on rank 0, else None."""
-    states = gather(run.train_loader.state_dict(), run.d)
-    rngs = gather(ckpt.rng_state(), run.d)
-    path = None
-    if run.d.master:
-        path = ckpt.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer, asdict(run.cfg), states, rngs,
-                                    run.cfg.keep)
-    barrier(run.d)
-    return path
+def diverged(run: Run, step: int, what: str) -> UserError:
+    """The NaN guard's error, naming the newest checkpoint before `step`: its weights gave a finite loss
+    (checkpoint N is written only once step N's loss, of the same weights, is known finite)."""
+    good = [c for c in ckpt.list_checkpoints(run.ckpt_dir) if ckpt.step_of(c) < step]
+    where = f"the last good checkpoint is {good[-1]}" if good else "no good checkpoint was saved"
+    return UserError(f"{what}; stopping ({where}); try a lower --lr")
+
+
+def snapshot(run: Run) -> tuple[list[dict], list[dict]]:
+    """Every rank's loader position and RNG states, gathered: what a checkpoint at this moment holds."""
+    return gather(run.train_loader.state_dict(), run.d), gather(ckpt.rng_state(), run.d)
+
+
+def save_checkpoint(run: Run, step: int, states: tuple[list[dict], list[dict]]) -> str | None:
+    """Rank 0 writes the checkpoint of `step` (its path, None on other ranks); a failure stops every rank."""
+    loaders, rngs = states
+    path = on_master(run.d, lambda: ckpt.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer,
+                                                           asdict(run.cfg), loaders, rngs, run.cfg.keep))
+    return str(path) if path else None
+
+
+def weights_finite(run: Run) -> bool:
+    return bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
 
 
 def loop(run: Run) -> dict:
-    """Step the run to cfg.max_steps (or a stop signal); its result: run_dir, step, val_loss, checkpoint, ..."""
+    """Step the run to cfg.max_steps (or a stop signal); its result: run_dir, step, val_loss, checkpoint, ...
+
+    A checkpoint due at step N holds the state before step N; it is written once step N's loss, from the
+    same weights, is known finite (the states are taken before the step draws its batch). So the NaN guard
+    never leaves a checkpoint whose weights give NaN, and a resumed run repeats the same steps.
+    """
     cfg, d = run.cfg, run.d
-    bar = tqdm(total=cfg.max_steps, initial=run.start, disable=not d.master, desc="train", unit="step",
-               dynamic_ncols=True, file=sys.stderr)
     last_val = None
     result: dict[str, Any] = {"run_dir": str(run.run_dir)}
     step = run.start
-    with StopRequested() as stop:
+    # the bar closes (ending its line) on any error, so the error prints on a line of its own
+    with StopRequested() as stop, tqdm(total=cfg.max_steps, initial=run.start, disable=not d.master, desc="train",
+                                       unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
         while step < cfg.max_steps:
             last_step = step == cfg.max_steps - 1
+            due = step > run.start and cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0
+            states = snapshot(run) if due else None
             val = evaluate(run, step, last_step)
             last_val = val if val is not None else last_val
             t0 = time.perf_counter()
-            loss, norm, lr = train_step(run, step)
+            loss = forward_backward(run, step)
+            saving = 0.0
+            if states is not None:
+                t_save = time.perf_counter()
+                result["checkpoint"] = save_checkpoint(run, step, states)
+                saving = time.perf_counter() - t_save
+            norm, lr = update(run, step)
             if run.device.type == "cuda":
                 torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0 - saving
             tok_s = run.tokens_per_step / dt
             record = dict(step=step, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=round(tok_s, 1),
                           dt_ms=round(dt * 1000, 2))
@@ -376,18 +391,19 @@ def loop(run: Run) -> dict:
                             **({"val": f"{last_val:.3f}"} if last_val is not None else {}))
             bar.update(1)
             step += 1
-            testing.pause(testing.STEP_DELAY)  # tests kill a run between checkpoints here
+            testing.halt("step", step)  # tests kill a run between checkpoints here
             stop_now = any(gather(stop.signal is not None, d))  # every rank stops at the same step
-            if (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0) or step == cfg.max_steps or stop_now:
-                path = save_checkpoint(run, step)
-                result["checkpoint"] = str(path) if path else None
+            if step == cfg.max_steps or stop_now:
+                # no step follows to check these weights' loss: check the weights themselves
+                if not weights_finite(run):
+                    raise diverged(run, step, f"the weights are not finite after step {step - 1}")
+                result["checkpoint"] = save_checkpoint(run, step, snapshot(run))
             if stop_now:
                 if d.master:
                     tqdm.write(f"gptscratch train: stopped by signal at step {step}; checkpoint saved, "
                                f"resume with --resume", file=sys.stderr)
                 result["stopped"] = True
                 break
-    bar.close()
     result["val_loss"] = last_val
     result["step"] = step
     if d.master and not result.get("stopped"):
@@ -409,12 +425,18 @@ def _plot(run_dir: Path) -> str | None:
         return None
 
 
-def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None) -> dict:
-    """Train per `cfg`, continuing `saved` (a checkpoint from `resolve_run`) when given."""
+def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None, resuming: bool = False) -> dict:
+    """Train per `cfg`, continuing `saved` (a checkpoint from `resolve_run`) when given; `resuming`: --resume
+    was asked, so a directory whose run wrote no checkpoint yet may be started again (rundir.claim)."""
     d, device = init_distributed(cfg.device)
+    lock = None
     try:
+        run_dir = Path(cfg.run_dir())
+        lock = on_master(d, lambda: rundir.claim(run_dir, saved.path if saved else None, resuming, cfg.overwrite))
         return loop(setup(cfg, saved, d, device))
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(d)
 
 
@@ -427,11 +449,14 @@ def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConf
     `--resume` alone continues the newest checkpoint of the run directory, or starts a new run when there is
     none yet, so that a preemptible job can always be launched with --resume; `--resume PATH` must name a
     checkpoint. A resumed run keeps its saved config; settings given again win (e.g. a longer --max-steps).
+    It writes into --out if given, else into the run directory holding the checkpoint: never into the `out`
+    saved in the checkpoint, which may have been copied from elsewhere.
     """
     preset = settings.get("preset", "demo")
+    named = Path(settings["out"]) if settings.get("out") else None
     path = None
     if resume:
-        run_dir = Path(settings.get("out") or f"runs/{preset}")
+        run_dir = named or Path(f"runs/{preset}")
         try:
             path = ckpt.find_checkpoint(run_dir if resume == "latest" else resume)
         except UserError:
@@ -442,7 +467,23 @@ def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConf
         cfg = resolve_config(preset, settings)
         return (with_source_shape(cfg, settings) if cfg.init_from else cfg), None
     saved = ckpt.load_checkpoint(path)  # state.json, read once; the weights and optimizer state, in setup
-    return config_from_dict({**saved.config, **settings}), saved
+    run_dir = named or ckpt.run_dir_of(saved.path)
+    if run_dir is None:
+        raise UserError(f"--resume {resume}: {saved.path} is not in a run directory's checkpoints/; name the "
+                        "directory to continue in with --out")
+    # A preset sets many fields at once, and a resumed run keeps its saved ones: a different --preset would
+    # be recorded in config.json without taking effect. Refused, since the fix (give the single settings to
+    # change, or drop --preset) is one edit, where a warning would leave a mislabelled run.
+    if "preset" in settings and settings["preset"] != saved.config.get("preset"):
+        raise UserError(f"--preset {settings['preset']}: {saved.path} was trained with --preset "
+                        f"{saved.config.get('preset')}, and a resumed run keeps its saved config; drop --preset, or "
+                        "give the single settings to change")
+    # --overwrite is this command's decision, never inherited from the run that saved the checkpoint
+    overrides = {"overwrite": False, **settings, "out": str(run_dir)}
+    try:
+        return config_from_dict({**saved.config, **overrides}), saved
+    except UserError as e:
+        raise UserError(f"{e} (in the config of {saved.path} with this command's settings)") from None
 
 
 def report_finetune(run_dir: Path, source: str, result: dict) -> None:
@@ -453,15 +494,14 @@ def report_finetune(run_dir: Path, source: str, result: dict) -> None:
                   if r.get("step") == 0 and "val_loss" in r), None)
     if start is None or result["val_loss"] is None:
         return  # --eval-interval 0: nothing to compare
-    with open(path, "a") as f:
-        f.write(json.dumps({"step": result["step"], "init_val_loss": start, "final_val_loss": result["val_loss"]})
-                + "\n")
+    append_text(path, json.dumps({"step": result["step"], "init_val_loss": start,
+                                  "final_val_loss": result["val_loss"]}) + "\n")
     print(f"fine-tuning from {source}: val loss {start:.4f} at the start, {result['val_loss']:.4f} at the end")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, saved = resolve_run(given_settings(args), args.resume)
-    result = train(cfg, saved)
+    result = train(cfg, saved, resuming=args.resume is not None)
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0
     run_dir = result["run_dir"]

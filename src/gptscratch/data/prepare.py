@@ -206,7 +206,7 @@ class ShardWriter:
         self.buf, self.fill = None, 0
         self.next_doc, self.next_skip = next_doc, next_skip
         write_json(self.out / STATE_FILE, self.state, indent=1)
-        testing.pause(testing.SHARD_DELAY)
+        testing.halt("shard", len(self.shards))  # tests kill prepare between shards here
 
 
 # --- state, manifest ---------------------------------------------------------------------------
