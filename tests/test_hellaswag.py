@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -189,8 +188,9 @@ WORKER = textwrap.dedent(
     from gptscratch.evaluate.hellaswag import hellaswag_eval, load_examples
     from gptscratch.hf import load_hf
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    # a rendezvous file, not a port: a free port picked by the test could be taken before rank 0 binds it
+    rank, world = int(sys.argv[4]), 2
+    dist.init_process_group("gloo", init_method=f"file://{sys.argv[3]}/rendezvous", rank=rank, world_size=world)
     result = hellaswag_eval(load_hf(sys.argv[1]), load_examples(sys.argv[2]), "cpu",
                             batch_size=2, rank=rank, world_size=world)
     with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:
@@ -200,21 +200,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_give_the_one_rank_totals(hf_pair, data_file, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
-        subprocess.Popen([sys.executable, str(script), hf_pair[1], str(data_file), str(tmp_path)],
-                         env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+        subprocess.Popen([sys.executable, str(script), hf_pair[1], str(data_file), str(tmp_path), str(r)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(2)
     ]
     for p in procs:

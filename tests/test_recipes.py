@@ -1,7 +1,6 @@
 """The modern recipe through training: Muon + AdamW groups, the wsd schedule, --arch, exact resume, DDP."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -87,12 +86,9 @@ def test_modern_ddp_two_processes_equal_one_process_with_accumulation(shards, tm
     single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
     assert single.wait(timeout=300) == 0, single.stderr.read()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={port}", "-m", "gptscratch", "train", *common, "--out", str(tmp_path / "two")],
+    ddp = subprocess.run(  # --standalone: torchrun binds a free port itself (see test_train's DDP test)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
+         "train", *common, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
