@@ -7,6 +7,7 @@ tiktoken's `encode_ordinary` on the documents as the test itself wrote them.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -16,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ from gptscratch.data import sources
 from gptscratch.data.prepare import ensure_shakespeare, prepare
 from gptscratch.errors import UserError
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+
+from .test_train import halted
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
          "Ünïcödé", "naïve", "café", "東京", "😀", "<|endoftext|>", "don't", "we'll", "1234", "3.14", "\t",
@@ -221,20 +223,17 @@ def test_killed_prepare_resumes_to_identical_shards(tmp_path):
     assert main(args + ["--out", str(whole)]) == 0
 
     part = tmp_path / "part"
-    env = dict(os.environ, **{testing.SHARD_DELAY: "0.3"})
+    env = dict(os.environ, **{testing.HALT: "shard:3"})
     proc = subprocess.Popen([sys.executable, "-m", "gptscratch", *args, "--out", str(part)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(part.glob("*.bin"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
+        halted(proc)  # three shards written, the fourth not begun
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     finished = sorted(part.glob("*.bin"))
-    assert len(finished) >= 3 and not (part / "manifest.json").exists()
-    n_whole = len(json.loads((whole / "manifest.json").read_text())["shards"])
-    assert len(finished) < n_whole, "the kill came too late to test anything"
+    assert len(finished) == 3 and not (part / "manifest.json").exists()
+    assert len(json.loads((whole / "manifest.json").read_text())["shards"]) > 3
     # damage the newest finished shard: the rerun must notice (sha256) and write it again
     with open(finished[-1], "ab") as f:
         f.write(b"\0\0")
@@ -322,6 +321,69 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     # nothing was left behind by the failures, so a good run can still use the directory
     code, _ = run_cli(capsys, str(jsonl), "--out", out, "--text-field", "content", "--val-tokens", "1")
     assert code == 0
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--shard-tokens", "--val-tokens"])
+def test_zero_counts_are_refused_not_taken_for_the_default(tmp_path, capsys, flag):
+    corpus = write_txt_corpus(tmp_path / "c", make_docs(10))
+    out = tmp_path / "out"
+    assert main(["prepare", str(corpus), "--out", str(out), "--quiet", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} 0: expected" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_ends_in_one_line(tmp_path, capsys):
+    corpus = write_txt_corpus(tmp_path / "c", make_docs(10))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    outs = [(blocker, "exists and is not a directory"), (blocker / "out", "Not a directory")]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        outs += [(tmp_path / "ro", "Permission denied"), (tmp_path / "ro" / "out", "Permission denied")]
+    for out, message in outs:
+        code, err = run_cli(capsys, str(corpus), "--out", str(out))
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_disk_full_while_writing_a_shard_ends_in_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):
+    docs = make_docs(40, seed=7)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    args = [str(corpus), "--shard-tokens", "700", "--val-tokens", "1000"]
+    assert run_cli(capsys, *args, "--out", str(tmp_path / "whole"))[0] == 0
+    opened = []
+
+    class FullDisk:  # a shard file whose third opening finds the disk full part way through
+        def __init__(self, path, mode):
+            self.f = open(path, mode)  # noqa: SIM115
+
+        def write(self, data):
+            if len(opened) == 3:
+                self.f.write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(path, mode="r"):
+        opened.append(path)
+        return FullDisk(path, mode)
+
+    monkeypatch.setattr(prep.fmt, "open", full_open, raising=False)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, *args, "--out", str(out))
+    assert code == 2 and len(err.splitlines()) == 1 and "No space left on device" in err, err
+    shard = out / opened[-1].name.split(".")[0]  # the shard the temporary file was for
+    assert err.endswith(f"cannot write {shard}.bin: No space left on device")
+    assert len(list(out.glob("*.bin"))) == 2 and not list(out.glob("*tmp"))  # no partial file left
+    monkeypatch.undo()
+    assert run_cli(capsys, *args, "--out", str(out))[0] == 0
+    for shard in (tmp_path / "whole").glob("*.bin"):
+        assert (out / shard.name).read_bytes() == shard.read_bytes()
 
 
 def test_damaged_jsonl_csv_and_gzip_exit_2_with_one_line(tmp_path, capsys):

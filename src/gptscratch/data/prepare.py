@@ -42,7 +42,7 @@ from gptscratch import testing
 from gptscratch.data import shards as fmt
 from gptscratch.data.sources import ERROR_MODES, Source, open_source, peek
 from gptscratch.errors import UserError
-from gptscratch.io import file_sha256, write_json
+from gptscratch.io import file_sha256, write_json, writing
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.tokenizer import ENCODER_JSON_SHA256, EOT_TOKEN, VOCAB_BPE_SHA256, VOCAB_SIZE, get_encoding
 
@@ -155,7 +155,8 @@ class ShardWriter:
 
     def finish(self, source: str) -> None:
         if self.val_tokens is None:
-            self._resolve_val(min(self.lookahead_tokens * VAL_PERCENT // 100, self.shard_tokens))
+            # at least one token: a corpus under ten tokens would otherwise get no val split, which train refuses
+            self._resolve_val(max(1, min(self.lookahead_tokens * VAL_PERCENT // 100, self.shard_tokens)))
         total = self.written + self.fill
         if total <= self.val_tokens:
             raise UserError(f"{source}: {total} tokens in all; --val-tokens {self.val_tokens} leaves none for train")
@@ -283,6 +284,14 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     success checks the shards and returns the existing manifest.
     """
     opts = PrepareOptions(**options)
+    # checked as given, before the source opens (it may download): 0 is refused, not taken for the default
+    if opts.shard_tokens is not None and not 1 <= opts.shard_tokens <= fmt.MAX_SHARD_TOKENS:
+        raise UserError(f"--shard-tokens {opts.shard_tokens}: expected 1 to {fmt.MAX_SHARD_TOKENS}")
+    if opts.val_tokens is not None and opts.val_tokens < 1:
+        raise UserError(f"--val-tokens {opts.val_tokens}: expected at least 1 (train needs a val split to "
+                        "measure val loss)")
+    if opts.workers is not None and opts.workers < 1:
+        raise UserError(f"--workers {opts.workers}: expected at least 1")
     src = open_source(source, text_field=opts.text_field, split_docs_on=opts.split_docs_on, errors=opts.errors,
                       subset=opts.subset, streaming=opts.streaming, seed=opts.seed)
     shard_tokens = opts.shard_tokens or src.default_shard_tokens or DEFAULT_SHARD_TOKENS
@@ -290,12 +299,6 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     if val_tokens is None and src.val_is_first_shard:
         val_tokens = shard_tokens
     workers = opts.workers or default_workers()
-    if not 1 <= shard_tokens <= fmt.MAX_SHARD_TOKENS:
-        raise UserError(f"--shard-tokens {shard_tokens}: expected 1 to {fmt.MAX_SHARD_TOKENS}")
-    if val_tokens is not None and val_tokens < 0:
-        raise UserError(f"--val-tokens {val_tokens}: expected 0 or more")
-    if workers < 1:
-        raise UserError(f"--workers {workers}: expected at least 1")
     name = fmt.safe_name(opts.name) if opts.name else src.name
     # everything that changes the bytes of the shards; a resumed run must match it exactly
     settings = {"source": source, "name": name, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
@@ -310,7 +313,8 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     done = _finished_manifest(out, settings)
     if done is not None:
         return done
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):  # a parent that is a file, a read-only disk: one line (so is any write after this)
+        out.mkdir(parents=True, exist_ok=True)
     # half-written files of a killed run (only ours: --out may be shared with other data)
     for pattern in (f"{name}_*.bin.*tmp", f"{STATE_FILE}.*tmp", f"{fmt.MANIFEST}.*tmp"):
         for leftover in out.glob(pattern):
