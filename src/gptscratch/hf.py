@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from gptscratch.errors import UserError
+from gptscratch.hf_modern import check_exportable, is_gpt2, load_modern, write_modern
 from gptscratch.hf_modern import config_from_hf as modern_config_from_hf
-from gptscratch.hf_modern import is_gpt2, load_modern, save_modern
-from gptscratch.io import atomic_path, read_safetensors, write_json
+from gptscratch.io import atomic_dir, read_safetensors, save_safetensors, write_json, writing
 from gptscratch.model import GPT, GPTConfig
 
 # Weights stored by Conv1D, which need a transpose either way.
@@ -24,36 +24,49 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 # Buffers some old checkpoints carry (the causal mask); not parameters.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+REQUIRED = object()  # config_from_hf: a field without a default
 
 
 def config_from_hf(cfg: dict, source: str) -> GPTConfig:
     """Map a transformers GPT2Config dict onto ours; refuse what our model cannot represent."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: expected a JSON object of GPT-2 config fields")
+
+    def get(key: str, kinds: tuple[type, ...], default: Any = REQUIRED) -> Any:
+        """cfg[key], of one of `kinds` (a bool is no int here), or a one-line UserError naming it."""
+        if key not in cfg and default is not REQUIRED:
+            return default
+        if key not in cfg:
+            raise UserError(f"{source}: missing GPT-2 config field {key!r}")
+        value = cfg[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise UserError(f"{source}: {key} is {value!r}, expected {names}")
+        return value
+
     if cfg.get("model_type") != "gpt2":
         raise UserError(f"{source}: model_type is {cfg.get('model_type')!r}, expected 'gpt2' (a GPT2LMHeadModel)")
-    act = cfg.get("activation_function", "gelu_new")
+    act = get("activation_function", (str,), "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"{source}: activation_function {act!r} is not GPT-2's tanh GELU ('gelu_new')")
-    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    eps = get("layer_norm_epsilon", (int, float), 1e-5)
     if abs(eps - 1e-5) > 1e-12:
         raise UserError(f"{source}: layer_norm_epsilon={eps}, expected GPT-2's 1e-05")
-    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
+    if get("scale_attn_by_inverse_layer_idx", (bool,), False) or get("scale_attn_weights", (bool,), True) is False:
         raise UserError(f"{source}: attention scaling differs from GPT-2's 1/sqrt(head_dim)")
-    if cfg.get("n_inner") not in (None, 4 * cfg.get("n_embd", 768)):
+    theirs = {"block_size": "n_positions", "vocab_size": "vocab_size", "n_layer": "n_layer", "n_head": "n_head",
+              "n_embd": "n_embd"}
+    shape = {ours: get(key, (int,)) for ours, key in theirs.items()}
+    if get("n_inner", (int, type(None)), None) not in (None, 4 * shape["n_embd"]):
         raise UserError(f"{source}: n_inner={cfg['n_inner']}, expected 4 * n_embd")
-    if cfg.get("tie_word_embeddings") is False:
+    if get("tie_word_embeddings", (bool,), True) is False:
         raise UserError(f"{source}: tie_word_embeddings is false; GPT-2 ties the LM head to the embedding")
+    config = GPTConfig(**shape, dropout=0.0, bias=True)
     try:
-        return GPTConfig(
-            block_size=int(cfg["n_positions"]),
-            vocab_size=int(cfg["vocab_size"]),
-            n_layer=int(cfg["n_layer"]),
-            n_head=int(cfg["n_head"]),
-            n_embd=int(cfg["n_embd"]),
-            dropout=0.0,
-            bias=True,
-        )
-    except KeyError as e:
-        raise UserError(f"{source}: missing GPT-2 config field {e.args[0]!r}") from None
+        config.validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return config
 
 
 def config_to_hf(config: GPTConfig) -> dict:
@@ -120,8 +133,10 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     if bin_path.exists():
         try:
             return torch.load(bin_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"{bin_path}: cannot be loaded as a weights-only PyTorch file ({e})") from None
+        except Exception as e:  # weights_only refusing a pickle explains itself over several lines: keep the gist
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            gist = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
+            raise UserError(f"{bin_path}: cannot be loaded as a weights-only PyTorch file ({gist})") from None
     raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
 
 
@@ -202,19 +217,46 @@ def to_hf_state_dict(model: GPT, trim_vocab: bool = True) -> dict[str, torch.Ten
     return out
 
 
-def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors that transformers loads unchanged.
+def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write config.json and model.safetensors that transformers loads unchanged, as a directory renamed into
+    place whole (io.atomic_dir): a failure leaves no half export, and a replaced one no stale files.
 
-    A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf_modern).
+    A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf_modern). A
+    non-empty `directory` is refused unless `overwrite`, which replaces it only if it holds a config.json
+    (an earlier export), never a directory of other things.
     """
-    if not is_gpt2(model.config):
-        return save_modern(model, directory)
-    if not model.config.bias:
-        raise UserError("--bias false has no GPT2LMHeadModel equivalent (GPT-2 always has biases)")
+    check_export_dir(directory, overwrite)
+    out = Path(directory).resolve()
+    if is_gpt2(model.config):
+        if not model.config.bias:
+            raise UserError("--bias false has no GPT2LMHeadModel equivalent (GPT-2 always has biases)")
+        write = _write_gpt2
+    else:
+        check_exportable(model.config)
+        write = write_modern
+    if not out.parent.exists():
+        with writing(out.parent):
+            out.parent.mkdir(parents=True)
+    with atomic_dir(out) as tmp:
+        write(model, tmp)
+    return Path(directory)
+
+
+def check_export_dir(directory: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an export into a file, or into a non-empty directory unless `overwrite` and it is an earlier export."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out}: not empty; choose a new or empty directory, or pass --overwrite to "
+                            "replace an earlier export")
+        if not (out / "config.json").is_file():
+            raise UserError(f"--out {out}: holds no config.json, so it is not an earlier export; --overwrite "
+                            "replaces only those")
+
+
+def _write_gpt2(model: GPT, out: Path) -> None:
     tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in to_hf_state_dict(model).items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_safetensors(tensors, out / "model.safetensors", metadata={"format": "pt"})
     write_json(out / "config.json", config_to_hf(model.config))
-    return out

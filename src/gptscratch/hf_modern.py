@@ -10,14 +10,12 @@ biases) are refused with the option named, rather than exported into a model tha
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gptscratch.errors import UserError
-from gptscratch.io import atomic_path, write_json
+from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, RMS_EPS, GPTConfig
 
 GPT2_OPTIONS = dict(pos_embedding="learned", norm="layernorm", qk_norm=False, mlp="gelu", tie_embeddings=True,
@@ -98,15 +96,12 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def save_modern(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors that Qwen3ForCausalLM / LlamaForCausalLM load unchanged."""
+def write_modern(model: GPT, out: Path) -> None:
+    """config.json and model.safetensors that Qwen3ForCausalLM / LlamaForCausalLM load unchanged, into the
+    (new, temporary) directory `out` that hf.save_hf renames into place."""
     model_type = check_exportable(model.config)
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(to_hf_state_dict(model), str(tmp), metadata={"format": "pt"})
+    save_safetensors(to_hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
     write_json(out / "config.json", config_to_hf(model.config, model_type))
-    return out
 
 
 def config_from_hf(cfg: dict, source: str) -> GPTConfig:
@@ -141,7 +136,7 @@ def config_from_hf(cfg: dict, source: str) -> GPTConfig:
 
 
 def load_modern(directory: Path, config: GPTConfig, hf_sd: dict[str, torch.Tensor], vocab_multiple: int) -> GPT:
-    """The weights of a Qwen3/Llama directory (as `save_modern` writes them) in our layout."""
+    """The weights of a Qwen3/Llama directory (as `write_modern` writes them) in our layout."""
     config.vocab_multiple = vocab_multiple
     model = GPT(config)
     V = config.vocab_size
