@@ -3,7 +3,7 @@
 `prepare`, `train` and `plot` are registered by the modules they drive; `sample`, `export` and `eval`, which
 load a model and call one library function, are here, with the `bench` shim. Data flows one way: this
 module imports the others, and nothing imports it. Every error a user can fix, argparse's included, ends
-as one line on stderr and exit code 2.
+as one line on stderr and exit code 2; so does an OSError of the environment (a full disk, no permission).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import difflib
+import errno
 import json
 import sys
 import textwrap
@@ -28,10 +29,14 @@ from gptscratch.errors import UserError
 from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
 from gptscratch.evaluate.loss import split_loss
 from gptscratch.generate import check_sampling, generate
-from gptscratch.hf import load_hf, save_hf
+from gptscratch.hf import check_export_dir, load_hf, save_hf
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+
+# OSErrors the user fixes (space, permissions, a path through a file), not bugs: one line and exit 2
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                      errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 class UsageError(Exception):
@@ -125,7 +130,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    path = save_hf(load_model(args.ckpt), args.out)
+    check_export_dir(args.out, args.overwrite)  # before the (maybe long) load of the checkpoint
+    path = save_hf(load_model(args.ckpt), args.out, overwrite=args.overwrite)
     arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
     print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
     return 0
@@ -193,7 +199,9 @@ def register_model_commands(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",
                        description="Export a gptscratch checkpoint to config.json + model.safetensors.")
     p.add_argument("--ckpt", required=True, metavar="PATH")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a directory "
+                   "holding config.json), as a whole")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate a model: hellaswag, or loss on a prepared corpus",
@@ -307,7 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"gptscratch {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).splitlines())  # one line, whatever a library put in the message
+        print(f"gptscratch {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # a full disk or a read-only directory met where no UserError names it: still one line
+        print(f"gptscratch {args.command}: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gptscratch {args.command}: interrupted", file=sys.stderr)

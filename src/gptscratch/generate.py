@@ -8,6 +8,7 @@ and no slower than the uncached loop).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,8 +34,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise UserError(f"--temperature {temperature}: expected a value >= 0 (0 means greedy)")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN would sample from NaN probabilities
+        raise UserError(f"--temperature {temperature}: expected a finite value >= 0 (0 means greedy)")
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k {top_k}: expected an integer >= 1")
     if top_p is not None and not (0.0 < top_p <= 1.0):
