@@ -1,5 +1,6 @@
 """Training: schedule, decay groups, learning, end to end, exact resume after SIGKILL, DDP equivalence."""
 
+import errno
 import json
 import math
 import os
@@ -287,6 +288,7 @@ def test_kill_during_checkpoint_write_keeps_previous_and_the_lock_holds_until_th
         assert main(["train", *args, *extra]) == 2
         err = capsys.readouterr().err
         assert f"is in use by another training run (pid {p.pid})" in err and err.count("\n") == 1
+    assert len(list(ckpts.glob(".tmp-step_000008-*"))) == 1  # a refused run sweeps nothing
     p.send_signal(signal.SIGKILL)
     p.wait()
     from gptscratch.checkpoint import load_checkpoint
@@ -486,7 +488,7 @@ def test_disk_full_while_writing_a_checkpoint_ends_in_one_line_and_leaves_no_par
     assert load_checkpoint_step(run) == 4
 
 
-def test_an_out_that_cannot_be_written_ends_in_one_line(shards, tmp_path, capsys):
+def test_an_out_that_cannot_be_written_ends_in_one_line(shards, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     for out, message in ((blocker, "exists and is not a directory"), (blocker / "run", "Not a directory")):
@@ -498,6 +500,15 @@ def test_an_out_that_cannot_be_written_ends_in_one_line(shards, tmp_path, capsys
         ro.mkdir(mode=0o555)
         assert main(["train", *TINY, "--data", str(shards), "--out", str(ro / "run")]) == 2
         assert "Permission denied" in capsys.readouterr().err
+    import gptscratch.rundir
+
+    def read_only(*args):  # a read-only mount, which root meets too
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(gptscratch.rundir.os, "open", read_only)
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'run' / 'train.lock'}: Read-only file system" in err and err.count("\n") == 1
 
 
 def test_a_locked_run_dir_stops_every_torchrun_rank(shards, tmp_path):

@@ -183,6 +183,10 @@ class TokenLoader:
                 "seed": self.seed, "split": self.split}
 
     def load_state_dict(self, state: dict) -> None:
+        step, world = state.get("step"), state.get("world_size")
+        if not (type(step) is int and type(world) is int and step >= 0 and world >= 1):  # bool is no int here
+            raise UserError(f"loader state has step={step!r}, world_size={world!r}: expected integers >= 0 and "
+                            ">= 1; a damaged checkpoint?")
         state = {**state, "shuffle": shuffle_mode(state.get("shuffle", "none"))}
         for key in ("batch_size", "seq_len", "num_tokens", "shuffle", "seed", "split"):
             if state.get(key) != getattr(self, key):
