@@ -94,6 +94,7 @@ def run_ours(data: Path, out: Path, preset: str, seed: int, shuffle: str) -> dic
     cmd = [sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--data", str(data), "--out", str(run),
            "--seed", str(seed), "--shuffle", shuffle, "--device", "cpu"]
     if not (run / "checkpoints").exists():  # a finished run is reused (delete it to train again)
+        cmd.append("--overwrite")  # a run killed before its first checkpoint is started again
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"gptscratch train failed:\n{proc.stderr[-3000:]}")
