@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -232,10 +233,15 @@ def halted(p: subprocess.Popen) -> str:
     however slowly a loaded machine runs it; no sleep or poll decides it.
     """
     seen = []
-    for line in p.stderr:
-        seen.append(line)
-        if testing.HALTED in line:
-            return "".join(seen)
+    watchdog = threading.Timer(600, p.kill)  # a process that hangs before the hook fails the test, not CI
+    watchdog.start()
+    try:
+        for line in p.stderr:
+            seen.append(line)
+            if testing.HALTED in line:
+                return "".join(seen)
+    finally:
+        watchdog.cancel()
     p.wait()
     raise AssertionError(f"exit {p.returncode} before the test hook:\n" + "".join(seen)[-3000:])
 
