@@ -69,8 +69,10 @@ def numpy_corpus(out: Path) -> None:
 def train_run(data: Path, out: Path, preset: str, seed: int, settings: list[str], eval_interval: int) -> dict:
     cmd = [sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--data", str(data), "--out", str(out),
            "--seed", str(seed), "--device", "cpu", "--eval-interval", str(eval_interval), *settings]
-    if not (out / "checkpoints").exists():  # a run killed before its first checkpoint is started again
-        cmd.append("--overwrite")
+    steps = resolve_config(preset).max_steps
+    if not (out / "checkpoints" / f"step_{steps:06d}").exists():  # a finished run is reused
+        # a run killed part way continues from its last checkpoint; one killed before any starts again
+        cmd.append("--resume" if (out / "checkpoints").exists() else "--overwrite")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
