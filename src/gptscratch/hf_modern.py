@@ -107,6 +107,12 @@ def write_modern(model: GPT, out: Path) -> None:
 def config_from_hf(cfg: dict, source: str) -> GPTConfig:
     """A transformers Qwen3/Llama config as ours; refuse what our model cannot represent (one line each)."""
     model_type = cfg.get("model_type")
+    for key in ("hidden_size", "num_attention_heads", "max_position_embeddings", "vocab_size", "num_hidden_layers",
+                "intermediate_size"):  # a "64" or 64.7 would convert silently below: refuse it here
+        if key in cfg and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool)):
+            raise UserError(f"{source}: {key} is {cfg[key]!r}, expected an integer")
+    if not isinstance(cfg.get("tie_word_embeddings", False), bool):
+        raise UserError(f"{source}: tie_word_embeddings is {cfg['tie_word_embeddings']!r}, expected true or false")
     try:
         C, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         rope = cfg.get("rope_parameters") or {}
