@@ -169,3 +169,18 @@ def test_export_refuses_options_transformers_cannot_express(tmp_path, option, fl
     with pytest.raises(UserError, match=flag):
         save_hf(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_qwen3_config_with_fields_of_the_wrong_type_is_one_line(tmp_path):
+    import json
+
+    from gptscratch.hf import read_hf_config
+
+    cfg = {"model_type": "qwen3", "hidden_size": "64", "num_attention_heads": 2, "max_position_embeddings": 32,
+           "vocab_size": 50257, "num_hidden_layers": 1, "intermediate_size": 160}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="hidden_size is '64', expected an integer"):
+        read_hf_config(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64, "intermediate_size": 100}))
+    with pytest.raises(UserError, match="intermediate_size 100"):
+        read_hf_config(str(tmp_path))
