@@ -79,8 +79,10 @@ def train_run(data: Path, out: Path, preset: str, seed: int, settings: list[str]
     rows = read_metrics(out)
     elapsed = elapsed_seconds(rows)
     curve = [(elapsed[r["step"]], r["val_loss"]) for r in rows if "val_loss" in r and r["step"] in elapsed]
+    curve_steps = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     steps = [r["dt_ms"] / 1000 for r in rows if "dt_ms" in r]
-    return {"run": str(out), "seed": seed, "settings": settings, "curve": curve, "train_s": max(elapsed.values()),
+    return {"run": str(out), "seed": seed, "settings": settings, "curve": curve, "curve_steps": curve_steps,
+            "steps": max(elapsed) if elapsed else 0, "train_s": max(elapsed.values()),
             "s_per_step": statistics.median(steps[1:])}
 
 
@@ -124,9 +126,102 @@ def print_table(title: str, rows: list[dict]) -> None:
               flush=True)
 
 
+def timing(presets: list[str], steps: int, repeats: int, out: Path) -> dict:
+    """Median s/step of each preset's training step, run alternately on an otherwise idle machine.
+
+    Step times logged inside long runs are only as good as the machine was quiet then; these are not.
+    """
+    times: dict[str, list[float]] = {p: [] for p in presets}
+    for r in range(repeats):
+        for preset in presets:
+            run = out / "timing" / f"{preset}-{r}"
+            subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--out", str(run),
+                            "--max-steps", str(steps), "--eval-interval", "0", "--ckpt-interval", "0",
+                            "--num-samples", "0", "--device", "cpu", "--overwrite"], capture_output=True, check=True)
+            times[preset] += [r["dt_ms"] / 1000 for r in read_metrics(run) if "dt_ms" in r][5:]  # warm steps only
+    result = {p: statistics.median(t) for p, t in times.items()}
+    print(json.dumps(result))
+    return result
+
+
+def report(logs: list[Path], s_per_step: dict[str, float], plot: Path | None, alias: dict[str, str]) -> dict:
+    """The tables again from finished runs: steps to reach the GPT-2 recipe's final val, and the wall-clock
+    ratio from quiet s/step (`timing`) where the row's recipe was timed (keyed by row name, e.g. "gpt2")."""
+    rows_by_corpus: dict[str, dict[str, list[dict]]] = {}
+    for log in logs:
+        result = json.loads(log.read_text().strip().splitlines()[-1])
+        for corpus, rows in result["corpora"].items():
+            for row in rows:
+                name = row["name"]
+                key = name.split(" ")[0] if name.startswith(("gpt2", "modern")) else name
+                key = alias.get(key, key)  # e.g. the ablation's last step is the modern recipe itself
+                for run in row["runs"]:
+                    metrics = read_metrics(Path(run["run"]))
+                    run["curve_steps"] = [(r["step"], r["val_loss"]) for r in metrics if "val_loss" in r]
+                    run["steps"] = max(r["step"] for r in metrics if "loss" in r) + 1
+                rows_by_corpus.setdefault(corpus, {}).setdefault(key, []).extend(row["runs"])
+    out: dict = {}
+    for corpus, rows in rows_by_corpus.items():
+        base = rows["gpt2"]
+        target = statistics.mean(r["curve_steps"][-1][1] for r in base)
+        base_steps = statistics.mean(r["steps"] for r in base)
+        print(f"\n{corpus}: target = the GPT-2 recipe's final val estimate {target:.3f}\n"
+              "| recipe | seeds | val loss (all windows) | steps to reach the target | step ratio | s/step (quiet) | "
+              "wall-clock ratio |\n|---|---|---|---|---|---|---|")
+        table = []
+        for name, runs in rows.items():
+            reach = ([base_steps] * len(runs) if name == "gpt2"
+                     else [seconds_to_reach(r["curve_steps"], target) for r in runs])
+            losses = [r["val_loss"] for r in runs]
+            row = {"name": name, "seeds": [r["seed"] for r in runs], "val_mean": statistics.mean(losses),
+                   "val_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                   "reach_steps": statistics.mean(reach) if None not in reach else None}
+            row["step_ratio"] = row["reach_steps"] / base_steps if row["reach_steps"] is not None else None
+            sps, base_sps = s_per_step.get(name), s_per_step.get("gpt2")
+            known = None not in (row["step_ratio"], sps, base_sps)
+            row["wall_ratio"] = row["step_ratio"] * sps / base_sps if known else None
+            table.append(row)
+            fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+            print(f"| {name} | {len(runs)} | {row['val_mean']:.3f} ± {row['val_std']:.3f} | "
+                  f"{fmt(row['reach_steps'], '.0f')} | {fmt(row['step_ratio'], '.2f')} | {fmt(sps, '.3f')} | "
+                  f"{fmt(row['wall_ratio'], '.2f')} |")
+        out[corpus] = {"target": target, "rows": table}
+        if plot is not None and s_per_step.get("gpt2") and s_per_step.get("modern"):
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for name, color in (("gpt2", "tab:blue"), ("modern", "tab:red")):
+                for i, r in enumerate(rows.get(name, [])):
+                    points = [(step * s_per_step[name], v) for step, v in r["curve_steps"] if step > 0]
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, "o-", color=color, alpha=0.7, label=f"{name} recipe" if i == 0 else None)
+            ax.axhline(target, color="gray", ls="--", label="GPT-2 recipe's final val")
+            ax.set_xlabel("training seconds (steps x quiet s/step, 2 CPU cores)")
+            ax.set_ylabel("val loss (the trainer's fixed val batches)")
+            ax.set_title(f"two recipes on {Path(corpus).name}")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = plot.with_name(f"{plot.stem}_{Path(corpus).name}{plot.suffix}")
+            fig.savefig(path, dpi=100)
+            print(f"wrote {path}")
+    print(json.dumps(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("ablation", "compare", "numpy-corpus"))
+    p.add_argument("mode", choices=("ablation", "compare", "numpy-corpus", "timing", "report"))
+    p.add_argument("--presets", default="demo,modern-demo", help="timing: presets to time, alternately")
+    p.add_argument("--steps", type=int, default=40, help="timing: steps per run (the first 5 are not counted)")
+    p.add_argument("--repeats", type=int, default=2, help="timing: runs of each preset")
+    p.add_argument("--logs", default="", help="report: outputs of earlier compare/ablation runs, comma-separated")
+    p.add_argument("--timing", default="", help="report: s/step per row name as JSON, e.g. from `timing`")
+    p.add_argument("--plot", type=Path, default=None, help="report: a PNG of val loss against seconds")
+    p.add_argument("--alias", default="", help="report: NAME=OTHER,... rows to count as another (e.g. +softcap=modern)")
     p.add_argument("--data", default="data/shakespeare", help="prepared corpora, comma-separated")
     p.add_argument("--seeds", default="1337")
     p.add_argument("--base", default="demo", help="the GPT-2 recipe's preset")
@@ -137,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.mode == "numpy-corpus":
         numpy_corpus(args.out)
+        return 0
+    if args.mode == "timing":
+        timing(args.presets.split(","), args.steps, args.repeats, args.out)
+        return 0
+    if args.mode == "report":
+        alias = dict(pair.split("=", 1) for pair in args.alias.split(",") if pair)
+        report([Path(x) for x in args.logs.split(",")], json.loads(args.timing or "{}"), args.plot, alias)
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     result: dict = {"mode": args.mode, "corpora": {}}
