@@ -1,8 +1,5 @@
 """The modern recipe through training: Muon + AdamW groups, the wsd schedule, --arch, exact resume, DDP."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.optim import MuonAdamW, build_optimizer, lr_at
 
-from .test_train import gptscratch, read_metrics, shards, train_losses  # noqa: F401  (shards is a fixture)
+from .test_train import assert_ddp_equals_accumulation, shards, train_losses  # noqa: F401  (shards: a fixture)
 
 MODERN = ["--preset", "tiny", "--device", "cpu", "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd"]
 
@@ -83,22 +80,7 @@ def test_modern_recipe_learns_and_resumes_exactly(shards, tmp_path, capsys):  # 
 def test_modern_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):  # noqa: F811
     common = [*MODERN, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--total-batch-tokens", "128",
               "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
-    single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
-    assert single.wait(timeout=300) == 0, single.stderr.read()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(  # --standalone: torchrun binds a free port itself (see test_train's DDP test)
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
-         "train", *common, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    from gptscratch.checkpoint import load_model
-
-    a = load_model(tmp_path / "one").state_dict()
-    b = load_model(tmp_path / "two").state_dict()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
-    for s, loss in train_losses(tmp_path / "one").items():
-        assert train_losses(tmp_path / "two")[s] == pytest.approx(loss, abs=1e-5)
+    assert_ddp_equals_accumulation(common, tmp_path)
 
 
 def test_modern_model_compiles_to_one_graph():

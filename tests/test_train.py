@@ -322,10 +322,8 @@ def test_checkpoint_of_another_shape_is_refused(shards, tmp_path, capsys):
     assert "truncated or corrupt" in capsys.readouterr().err
 
 
-def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):
-    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32",
-              "--total-batch-tokens", "128",
-              "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
+def assert_ddp_equals_accumulation(common: list[str], tmp_path: Path) -> None:
+    """2 torchrun processes (gloo) train as 1 process with 2 accumulation steps: the same losses and weights."""
     single = gptscratch("train", *common, "--out", str(tmp_path / "one"))
     assert single.wait(timeout=300) == 0, single.stderr.read()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -345,6 +343,13 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path)
     assert train_losses(tmp_path / "one").keys() == train_losses(tmp_path / "two").keys()
     for s, loss in train_losses(tmp_path / "one").items():
         assert train_losses(tmp_path / "two")[s] == pytest.approx(loss, abs=1e-5)
+
+
+def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):
+    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32",
+              "--total-batch-tokens", "128",
+              "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
+    assert_ddp_equals_accumulation(common, tmp_path)
 
 
 def test_keep_holds_only_the_newest_checkpoints(shards, tmp_path):
