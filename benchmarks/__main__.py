@@ -1,11 +1,11 @@
-"""`python -m benchmarks train|generate|prepare|gpu ...`: gptscratch against its references."""
+"""`python -m benchmarks train|generate|prepare|gpu|serve ...`: gptscratch against its references."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from benchmarks import gpu, vs_tiktoken, vs_transformers
+from benchmarks import gpu, serve_bench, vs_tiktoken, vs_transformers
 from gptscratch.errors import UserError
 
 
@@ -16,6 +16,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     vs_transformers.add_parsers(sub)
     vs_tiktoken.add_parsers(sub)
     gpu.add_parsers(sub)
+    serve_bench.add_parsers(sub)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The quality-comparison scripts' arithmetic: the one val scorer and the seconds-to-target reading."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -33,3 +34,15 @@ def test_seconds_to_reach_interpolates_the_first_crossing():
     assert seconds_to_reach(curve, 4.5) == pytest.approx(30.0)
     assert seconds_to_reach(curve, 4.0) is None
     assert seconds_to_reach(curve, 11.0) == 0.0
+
+
+def test_serve_bench_runs_both_modes_on_the_same_requests(tmp_path):
+    import argparse
+
+    from benchmarks.serve_bench import run
+
+    out = tmp_path / "serve.json"
+    result = run(argparse.Namespace(shape="tiny", clients=2, max_tokens=3, rounds=1, out=str(out)))
+    r = result["rounds"][0]
+    assert r["tokens"] == 2 * 3 and r["batched_tok_s"] > 0 and r["sequential_tok_s"] > 0
+    assert json.loads(out.read_text())["median"]["ratio"] == r["ratio"]

@@ -106,3 +106,27 @@ def test_top_k_sampling_follows_the_renormalised_distribution():
     # with top-p on top: of those 3, the nucleus of mass 0.8 is {1, 3} (0.47 + 0.35 = 0.82 >= 0.8)
     counts = torch.bincount(next_token(logits, 1.0, 3, 0.8, g), minlength=5).float() / 20000
     assert (counts - torch.tensor([0.0, 0.4, 0.0, 0.3, 0.0]) / 0.7).abs().max() < 0.015
+
+
+@pytest.mark.parametrize("options", [{}, {"pos_embedding": "rope", "qk_norm": True, "norm": "rmsnorm",
+                                          "tie_embeddings": False}], ids=["learned", "rope"])
+def test_rows_at_different_positions_decode_as_each_row_alone(options):
+    """A cache with per-row lengths (the server's batched decoding): each row's logits equal an uncached
+    forward pass over that row's own tokens, whatever the other rows hold."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=16, **options)).eval()
+    prompts = [torch.randint(0, 100, (n,)) for n in (3, 7, 5)]
+    new = torch.randint(0, 100, (3, 4))
+    cache = model.new_cache(3)
+    cache.lengths = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        for b, p in enumerate(prompts):  # each prompt prefilled alone into its row
+            model(p[None], cache=cache.rows(b, b + 1, empty=True))
+            cache.lengths[b] = len(p)
+        cache.copy_row(1, 2, len(prompts[1]))  # row 2 now continues prompt 1, as n > 1 choices do
+        prompts[2] = prompts[1]
+        stepped = torch.stack([model(new[:, t : t + 1], cache=cache)[0][:, 0] for t in range(4)], dim=1)
+        for b, p in enumerate(prompts):
+            alone = model(torch.cat([p, new[b]])[None])[0][0, len(p) : len(p) + 4]
+            torch.testing.assert_close(stepped[b], alone, atol=1e-5, rtol=1e-5)
+    assert cache.lengths.tolist() == [3 + 4, 7 + 4, 7 + 4]

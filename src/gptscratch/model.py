@@ -107,10 +107,18 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, n_head, T, head_dim), at positions start ... start + T - 1."""
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """x: (B, n_head, T, head_dim), at positions start ... start + T - 1.
+
+        `start` is one int for every row, or a (B,) tensor when rows sit at different positions (a
+        server decoding several requests together, see KVCache.lengths)."""
         T = x.size(2)
-        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        if isinstance(start, int):
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+        else:  # (B, T) positions -> (B, 1, T, head_dim): one angle per row, broadcast over heads
+            pos = start[:, None] + torch.arange(T, device=start.device)
+            cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -128,6 +136,9 @@ class KVCache:
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # tokens already stored
+        # None: every row holds `pos` tokens. A (B,) tensor: row b holds lengths[b] tokens, and each forward
+        # pass adds one token per row at its own position (a server decoding unrelated requests together).
+        self.lengths: torch.Tensor | None = None
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values for `layer`; return all keys/values up to and including them."""
@@ -136,6 +147,35 @@ class KVCache:
         self.k[layer][:, :, self.pos : end] = k
         self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    # --- rows at different positions: used by gptscratch.serve, not by training or `generate` ---
+
+    def rows(self, start: int, stop: int, empty: bool = False) -> KVCache:
+        """A view of rows start..stop-1 sharing this cache's memory (writes through it land here).
+        `empty`: a view holding no tokens yet, with one position for all its rows, to prefill a prompt into."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.pos = 0 if empty else self.pos
+        view.lengths = None if empty or self.lengths is None else self.lengths[start:stop]
+        return view
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Row `src`'s first `length` tokens into row `dst` (and its length, if rows have their own)."""
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :length] = buf[src, :, :length]
+        if self.lengths is not None:
+            self.lengths[dst] = length
+
+    def append_rows(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One new token per row, each written at its row's own length. Returns the keys and values up to
+        the longest row, and the (B, 1, 1, S) mask that lets each row see only its own tokens."""
+        rows = torch.arange(k.size(0), device=k.device)
+        self.k[layer][rows, :, self.lengths] = k[:, :, 0]
+        self.v[layer][rows, :, self.lengths] = v[:, :, 0]
+        end = int(self.lengths.max()) + 1
+        mask = torch.arange(end, device=k.device)[None, :] <= self.lengths[:, None]
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], mask[:, None, None, :]
 
 
 class CausalSelfAttention(nn.Module):
@@ -165,11 +205,15 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
+        ragged = cache is not None and cache.lengths is not None  # rows at different positions
         if self.rotary is not None:  # rotate by absolute position: cached keys keep theirs
-            start = cache.pos if cache is not None else 0
+            start = (cache.lengths if ragged else cache.pos) if cache is not None else 0
             q, k = self.rotary(q, start), self.rotary(k, start)
         dropout_p = self.dropout if self.training else 0.0
-        if cache is None or cache.pos == 0:
+        if ragged:  # one new token per row, each seeing its own row's tokens only
+            k, v, mask = cache.append_rows(self.layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif cache is None or cache.pos == 0:
             if cache is not None:
                 cache.append(self.layer, k, v)
             # flash attention where the backend has it; is_causal builds the triangular mask for free
@@ -275,17 +319,25 @@ class GPT(nn.Module):
         """The final LayerNorm's output, (B, T, n_embd): everything but the LM head."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
+        positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if cache is not None and cache.lengths is not None:  # each row at its own position (serving)
+            if T != 1:
+                raise ValueError("a cache with per-row lengths takes one new token per row")
+            start = int(cache.lengths.max())
+            positions = cache.lengths[:, None]
         if start + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}"
             )
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:  # with rope, positions enter inside attention instead
-            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache)
-        if cache is not None:
+        if cache is not None and cache.lengths is not None:
+            cache.lengths += T
+        elif cache is not None:
             cache.pos += T
         return self.transformer.ln_f(x)
 
