@@ -350,6 +350,7 @@ def test_the_page_streams_a_completion_in_headless_chromium(url, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "generate").text == "Generate"
                    and d.find_element(By.ID, "completion").text)
         assert "tokens/s" in driver.find_element(By.ID, "stats").text
+        assert not driver.find_element(By.ID, "key-box").is_displayed()  # this server asks for no key
         assert driver.find_element(By.ID, "error").text == ""
         assert driver.find_element(By.ID, "shown-prompt").text.startswith("<b>not bold</b>")  # text, not HTML
         assert not driver.find_elements(By.CSS_SELECTOR, "#output b")
