@@ -117,8 +117,10 @@ def test_rows_at_different_positions_decode_as_each_row_alone(options):
     model = GPT(GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=16, **options)).eval()
     prompts = [torch.randint(0, 100, (n,)) for n in (3, 7, 5)]
     new = torch.randint(0, 100, (3, 4))
-    cache = model.new_cache(3)
-    cache.lengths = torch.zeros(3, dtype=torch.long)
+    cache = model.new_cache(3, per_row=True)
+    assert all(bool((buf == 0).all()) for buf in cache.k + cache.v)  # never NaN bit patterns from torch.empty
+    for buf in cache.k + cache.v:  # what earlier requests leave behind: it must not leak into any row
+        buf.normal_(0, 100)
     with torch.no_grad():
         for b, p in enumerate(prompts):  # each prompt prefilled alone into its row
             model(p[None], cache=cache.rows(b, b + 1, empty=True))

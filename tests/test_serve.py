@@ -89,9 +89,8 @@ def test_batched_greedy_equals_generate_and_a_seed_is_reproducible_alone_or_batc
     seeded = lambda: Request(prompts[2], Sampling(max_tokens=12, temperature=1.0, top_k=40, seed=5), n=2)  # noqa: E731
     batched = [*greedy_reqs, seeded()]
     tokens = collect(batched)
-    engine.start()
     try:
-        run_until_done(engine, batched)
+        run_until_done(engine, batched)  # starts the engine once all four are queued
         steps_batched = engine.steps
         alone = [seeded()]
         tokens_alone = collect(alone)

@@ -130,15 +130,18 @@ class KVCache:
     O(T^2) of recomputing the whole prefix.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype):
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype, per_row: bool = False):
         head_dim = config.n_embd // config.n_head
         shape = (batch_size, config.n_head, config.block_size, head_dim)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        # Per-row caches read past a short row's end (masked out); masked weights are 0, but 0 * NaN is NaN, and
+        # torch.empty may hold NaN bit patterns: those caches start at zero.
+        new = torch.zeros if per_row else torch.empty
+        self.k = [new(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [new(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # tokens already stored
-        # None: every row holds `pos` tokens. A (B,) tensor: row b holds lengths[b] tokens, and each forward
-        # pass adds one token per row at its own position (a server decoding unrelated requests together).
-        self.lengths: torch.Tensor | None = None
+        # None: every row holds `pos` tokens. A (B,) tensor (per_row): row b holds lengths[b] tokens, and each
+        # forward pass adds one token per row at its own position (a server decoding unrelated requests together).
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device) if per_row else None
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values for `layer`; return all keys/values up to and including them."""
@@ -368,9 +371,11 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self, batch_size: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int, device=None, dtype: torch.dtype | None = None, per_row: bool = False
+    ) -> KVCache:
         ref = self.lm_head.weight
-        return KVCache(self.config, batch_size, device or ref.device, dtype or ref.dtype)
+        return KVCache(self.config, batch_size, device or ref.device, dtype or ref.dtype, per_row)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):

@@ -25,6 +25,7 @@ def open_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # from now on a client is queued, not refused, while uvicorn starts
     except OSError as e:
         sock.close()
         raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None

@@ -267,7 +267,12 @@ async def completions(request: HttpRequest) -> Response:
     try:
         finished = 0
         while finished < total:
-            ev = await events.get()
+            try:
+                ev = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():  # nobody is waiting for the answer any more
+                    return Response(status_code=499)
+                continue
             if ev.index not in choices:
                 text, block = echo_part(ev.index)
                 choices[ev.index] = {"index": ev.index, "text": text, "logprobs": block, "finish_reason": None,

@@ -138,8 +138,7 @@ class Engine:
         self.max_batch, self.max_queue, self.amp = max_batch, max_queue, amp
         self.enc = get_encoding()
         self.vocab = model.config.vocab_size
-        self.cache = model.new_cache(max_batch, dtype=amp)
-        self.cache.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.cache = model.new_cache(max_batch, dtype=amp, per_row=True)
         self.running: list[Choice] = []  # running[i] decodes in cache row i
         self.next_input: list[int] = []  # the token each running row feeds next
         self.waiting: deque[Request] = deque()
@@ -284,7 +283,8 @@ def top_dict(logp: torch.Tensor, k: int) -> dict[int, float]:
 
 
 def run_until_done(engine: Engine, requests: list[Request], timeout: float = 600.0) -> None:
-    """Submit and wait: for tests and benchmarks that drive the engine without HTTP."""
+    """Submit and wait: for tests and benchmarks that drive the engine without HTTP. An engine not started
+    yet is started once everything is submitted, so the requests are admitted together."""
     done: queue.SimpleQueue = queue.SimpleQueue()
     remaining = {id(r): r.n for r in requests}
 
@@ -298,6 +298,8 @@ def run_until_done(engine: Engine, requests: list[Request], timeout: float = 600
     for r in requests:
         r.on_event = watch(r, r.on_event)
         engine.submit(r)
+    if engine.thread is None:
+        engine.start()
     total = sum(remaining.values())
     deadline = time.monotonic() + timeout
     for _ in range(total):
