@@ -126,19 +126,36 @@ def print_table(title: str, rows: list[dict]) -> None:
               flush=True)
 
 
-def timing(presets: list[str], steps: int, repeats: int, out: Path) -> dict:
+def timing(presets: list[str], steps: int, repeats: int, out: Path, before: Path | None = None) -> dict:
     """Median s/step of each preset's training step, run alternately on an otherwise idle machine.
 
     Step times logged inside long runs are only as good as the machine was quiet then; these are not.
+    `before`: also time each preset with the package from that source tree (e.g. an older commit's `src/`,
+    from `git worktree add`), alternating with this one: rows `PRESET@before`.
     """
-    times: dict[str, list[float]] = {p: [] for p in presets}
+    import os
+    import shutil
+
+    codes = [("", None)] + ([("@before", before)] if before else [])
+    times: dict[str, list[float]] = {p + tag: [] for p in presets for tag, _ in codes}
     for r in range(repeats):
         for preset in presets:
-            run = out / "timing" / f"{preset}-{r}"
-            subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--out", str(run),
-                            "--max-steps", str(steps), "--eval-interval", "0", "--ckpt-interval", "0",
-                            "--num-samples", "0", "--device", "cpu", "--overwrite"], capture_output=True, check=True)
-            times[preset] += [r["dt_ms"] / 1000 for r in read_metrics(run) if "dt_ms" in r][5:]  # warm steps only
+            for tag, src in codes:
+                run = out / "timing" / f"{preset}{tag}-{r}"
+                env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None
+                probe = subprocess.run([sys.executable, "-c", "import gptscratch; print(gptscratch.__file__)"],
+                                       capture_output=True, text=True, env=env, check=True).stdout.strip()
+                if src and not Path(probe).resolve().is_relative_to(src.resolve()):
+                    raise SystemExit(f"--before {src}: python imports gptscratch from {probe} instead")
+                shutil.rmtree(run, ignore_errors=True)  # a fresh directory: older code has no --overwrite
+                subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--out", str(run),
+                                "--max-steps", str(steps), "--eval-interval", "0", "--ckpt-interval", "0",
+                                "--num-samples", "0", "--device", "cpu"], capture_output=True, env=env)
+                # the exit code is not checked: older code fails after the last step on --num-samples 0
+                warm = [m["dt_ms"] / 1000 for m in read_metrics(run) if "dt_ms" in m][5:]
+                if len(warm) < steps - 5:
+                    raise SystemExit(f"{preset}{tag}: the timing run stopped early (see {run})")
+                times[preset + tag] += warm
     result = {p: statistics.median(t) for p, t in times.items()}
     print(json.dumps(result))
     return result
@@ -218,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", default="demo,modern-demo", help="timing: presets to time, alternately")
     p.add_argument("--steps", type=int, default=40, help="timing: steps per run (the first 5 are not counted)")
     p.add_argument("--repeats", type=int, default=2, help="timing: runs of each preset")
+    p.add_argument("--before", type=Path, default=None, help="timing: also time the package in this source tree "
+                   "(an older commit's src/), alternately")
     p.add_argument("--logs", default="", help="report: outputs of earlier compare/ablation runs, comma-separated")
     p.add_argument("--timing", default="", help="report: s/step per row name as JSON, e.g. from `timing`")
     p.add_argument("--plot", type=Path, default=None, help="report: a PNG of val loss against seconds")
@@ -234,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         numpy_corpus(args.out)
         return 0
     if args.mode == "timing":
-        timing(args.presets.split(","), args.steps, args.repeats, args.out)
+        timing(args.presets.split(","), args.steps, args.repeats, args.out, args.before)
         return 0
     if args.mode == "report":
         alias = dict(pair.split("=", 1) for pair in args.alias.split(",") if pair)

@@ -100,8 +100,9 @@ def parse_completion(body: Any, server: Server) -> Completion:
     n = _int(body, "n", 1, 1, server.engine.max_batch)
     if _int(body, "best_of", n, 1, server.engine.max_batch) != n:
         raise ApiError(400, "'best_of' must equal 'n' (ranking several samples is not supported)", "best_of")
-    if n * len(prompts) > server.engine.max_batch * server.engine.max_queue:
-        raise ApiError(400, f"{n * len(prompts)} choices in one request are more than this server takes", "n")
+    if len(prompts) > server.engine.max_queue:  # each prompt waits in the queue as a request of its own
+        raise ApiError(400, f"{len(prompts)} prompts in one request are more than this server queues "
+                       f"({server.engine.max_queue}, --max-queue)", "prompt")
     context = server.engine.model.config.block_size
     longest = max(len(p) for p in prompts)
     if longest > context:
