@@ -358,3 +358,13 @@ def test_the_page_streams_a_completion_in_headless_chromium(url, tmp_path):
         assert shot.stat().st_size > 1000
     finally:
         driver.quit()
+
+
+def test_a_served_checkpoint_is_named_after_its_run():
+    from gptscratch.cli import build_parser, model_name
+
+    run = Path(__file__).parent / "fixtures" / "ckpt_1ae9fdd" / "run"
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    for path in (run, run / "checkpoints", step):
+        assert model_name(build_parser().parse_args(["serve", "--ckpt", str(path)])) == "run"
+    assert model_name(build_parser().parse_args(["serve", "--hf", "gpt2-medium"])) == "gpt2-medium"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from gptscratch import plot, train
-from gptscratch.checkpoint import load_model
+from gptscratch.checkpoint import find_checkpoint, load_model, run_dir_of
 from gptscratch.config import BoolFlag
 from gptscratch.data import prepare
 from gptscratch.data.shards import find_shards
@@ -129,6 +129,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_name(args: argparse.Namespace) -> str:
+    """The id a served model goes by: its run directory's name (runs/demo -> demo), or the --hf dir or id."""
+    if args.hf:
+        return Path(args.hf).name if Path(args.hf).exists() else args.hf
+    step = find_checkpoint(args.ckpt).resolve()
+    return (run_dir_of(step) or step).name
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     check_model_args(args)
     if args.max_batch < 1 or args.max_queue < 1:
@@ -140,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_installed()
     device = pick_device(args.device)
     model = load_model_arg(args, device)
-    name = args.model_name or Path(args.hf or args.ckpt).resolve().name
+    name = args.model_name or model_name(args)
     serve(model, name, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
           api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body)
     return 0
