@@ -4,6 +4,9 @@ A checkpoint is a directory `checkpoints/step_000100/` holding:
 - `model.safetensors`: the weights (the tied LM head stored once, as `transformer.wte.weight`);
 - `optimizer.pt`: AdamW's state, loaded with `weights_only=True`;
 - `state.json`: step, the run's config, the model shape, every rank's loader position and RNG states.
+A run with `--parallel fsdp` writes `dcp/` (torch.distributed.checkpoint: each rank's shards of the weights
+and of the optimizer state, `"weights": "dcp"` in state.json) instead of the first two; `load_model`
+consolidates it into a whole model, so `sample`, `eval` and `export` read either kind (fsdp.py writes it).
 It is written under a temporary name and renamed into place (io.atomic_dir), so a reader sees a complete
 checkpoint or none; the previous one stays until the new one is complete. A full disk ends the write with a
 one-line error and removes the partial directory; a killed writer's `.tmp-step_*` is swept by the next run
@@ -16,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,14 +65,20 @@ class Checkpoint:
     model_config: GPTConfig
     loader_states: list[dict]  # one per rank
     world_size: int
+    sharded: bool = False  # written by --parallel fsdp: weights and optimizer state in dcp/
 
     def load_model(self) -> GPT:
         model = GPT(self.model_config)
-        load_weights(model, self.path / "model.safetensors")
+        if self.sharded:
+            load_sharded_weights(model, self.path / "dcp")
+        else:
+            load_weights(model, self.path / "model.safetensors")
         return model
 
     def optimizer_state(self) -> dict:
         path = self.path / "optimizer.pt"
+        if self.sharded:
+            raise UserError(f"{self.path}: was saved by --parallel fsdp (sharded); resume it with --parallel fsdp")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -99,6 +109,24 @@ def load_weights(model: GPT, path: Path) -> None:
     model.load_state_dict(sd)
 
 
+def load_sharded_weights(model: GPT, path: Path) -> None:
+    """The whole weights of an FSDP checkpoint's `dcp/` into a plain model, in this process alone (no process
+    group is needed, and one that exists is not used): DCP gathers every rank's shards from the files."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import CheckpointException
+
+    state = model.state_dict()
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": state}, checkpoint_id=path, no_dist=True)
+    except (CheckpointException, RuntimeError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: cannot be read as the sharded weights of this model ({first}); truncated, or "
+                        "not written by gptscratch --parallel fsdp") from None
+    model.load_state_dict(state)
+
+
 def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The state dict as a checkpoint stores it: a tied LM head once, as `transformer.wte.weight`."""
     tied = model.config.tie_embeddings
@@ -127,23 +155,35 @@ def save_checkpoint(
         # a RuntimeError that says nothing of the disk)
         with open(tmp / "optimizer.pt", "wb") as f:
             torch.save(optimizer.state_dict(), f)
-        for rank, state in enumerate(rng_states):
-            with open(tmp / f"rng_rank{rank}.pt", "wb") as f:
-                torch.save(state, f)
-        testing.halt("checkpoint", step)  # tests kill a write in progress here
-        state = {
-            "format": FORMAT,
-            "step": step,
-            "world_size": len(loader_states),
-            "model_config": asdict(model.config),
-            "config": config,
-            "loader_states": loader_states,
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        write_run_state(tmp, step, model.config, config, loader_states, rng_states)
+    prune(ckpt_dir, keep)
+    return final
+
+
+def write_run_state(tmp: Path, step: int, model_config: GPTConfig, config: dict, loader_states: list[dict],
+                    rng_states: list[dict], sharded: bool = False) -> None:
+    """Every rank's RNG states, then state.json, into a checkpoint being written (its weights already there)."""
+    for rank, state in enumerate(rng_states):
+        with open(tmp / f"rng_rank{rank}.pt", "wb") as f:
+            torch.save(state, f)
+    testing.halt("checkpoint", step)  # tests kill a write in progress here
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "world_size": len(loader_states),
+        "model_config": asdict(model_config),
+        "config": config,
+        "loader_states": loader_states,
+        **({"weights": "dcp"} if sharded else {}),
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Drop all but the newest `keep` checkpoints (0: keep all)."""
     if keep > 0:
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def step_of(path: Path) -> int:
@@ -194,7 +234,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         model_config = GPTConfig(**state["model_config"])
         model_config.validate()
         saved = Checkpoint(path=step_dir, step=state["step"], config=state["config"], model_config=model_config,
-                           loader_states=state["loader_states"], world_size=state["world_size"])
+                           loader_states=state["loader_states"], world_size=state["world_size"],
+                           sharded=state.get("weights", "safetensors") == "dcp")
     except (KeyError, TypeError) as e:
         raise UserError(f"{state_path}: missing or malformed field ({e})") from None
     except UserError as e:

@@ -123,6 +123,10 @@ class TrainConfig:
         "default", "torch.compile's mode: max-autotune-no-cudagraphs searches matmul kernels (minutes more to "
         "compile); max-autotune and reduce-overhead add CUDA graphs (one process, no DDP)")
     attention: Attention = setting("auto", "the attention kernel for training: auto lets torch pick")
+    parallel: Literal["ddp", "fsdp"] = setting(
+        "ddp", "ddp: every process holds the whole model, optimizer state included (torchrun runs DDP); fsdp: "
+        "FSDP2 shards weights, gradients and optimizer state over the processes (a model too big for one GPU's "
+        "memory), and checkpoints are sharded too (torch.distributed.checkpoint); one process works too")
     # the loader's modes (data/loader.py SHUFFLE_MODES); a saved config's true/false maps to shards/none
     shuffle: Literal["rows", "shards", "none"] = setting(
         "rows", "training batch order: rows (each epoch, every seq_len row of the split once, in a seeded random "
@@ -261,6 +265,9 @@ def validate(cfg: TrainConfig) -> None:
                 noun = "a finite number" if kind is float else "an integer"
                 raise UserError(f"{_flag(f.name)} {value}: expected {noun} {expected}")
     cfg.model_config().validate()
+    if cfg.parallel == "fsdp" and cfg.compile_mode in CUDAGRAPH_MODES:
+        raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
+                        "combine with --parallel fsdp: use default or max-autotune-no-cudagraphs")
     if cfg.block_size and cfg.block_size < cfg.seq_len:
         raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
 

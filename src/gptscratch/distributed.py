@@ -31,10 +31,20 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set): NCCL on CUDA, gloo on CPU; else one process."""
+def init_distributed(device_name: str, group_of_one: bool = False) -> tuple[Dist, torch.device]:
+    """Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set): NCCL on CUDA, gloo on CPU; else one process.
+
+    `group_of_one`: a single process still gets a process group (of one rank, through an in-memory store:
+    no port, no torchrun), for FSDP, whose sharded parameters need one even when there is nothing to shard.
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist(), pick_device(device_name)
+        device = pick_device(device_name)
+        if group_of_one and not dist.is_initialized():
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                    rank=0, world_size=1)
+        return Dist(), device
     d = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
     device = pick_device(device_name)
     if device.type == "cuda":
@@ -49,7 +59,7 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 
 
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    if dist.is_initialized():  # torchrun's group, or init_distributed's group of one
         dist.destroy_process_group()
 
 

@@ -49,6 +49,52 @@ def configure_optimizer(
     return _adamw(param_groups(model, weight_decay), lr, betas, eps, device_type)
 
 
+def _sharded_muon_step(muon: torch.optim.Optimizer) -> None:
+    """torch.optim.Muon's step (`_single_tensor_muon`) for FSDP's sharded matrices (DTensors).
+
+    Newton-Schulz needs the whole matrix; everything else in the step is elementwise. So the momentum and
+    the weight update stay on each rank's shard, and only the Nesterov update is gathered, once per matrix
+    and in bf16 (Newton-Schulz's first act is to cast to bf16, so gathering in bf16 changes nothing and halves
+    the traffic). Every rank then runs the same Newton-Schulz, as every DDP rank does, and keeps its own rows.
+    """
+    from torch.distributed.tensor import DTensor, Replicate
+    from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+
+    for group in muon.param_groups:
+        params: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
+        muon._init_group(group, params, grads, bufs)
+        lr, momentum = group["lr"], group["momentum"]
+        for param, grad, buf in zip(params, grads, bufs, strict=True):
+            buf.lerp_(grad, 1 - momentum)
+            update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+            whole = update.to(torch.bfloat16).full_tensor() if isinstance(update, DTensor) else update
+            ortho = _zeropower_via_newtonschulz(whole, group["ns_coefficients"], group["ns_steps"], group["eps"])
+            if isinstance(update, DTensor):  # Replicate -> the shard's placement is a local slice, no traffic
+                ortho = DTensor.from_local(ortho, update.device_mesh, [Replicate()], run_check=False)
+                ortho = ortho.redistribute(update.device_mesh, update.placements)
+            param.mul_(1 - lr * group["weight_decay"])
+            param.add_(ortho, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+
+
+if hasattr(torch.optim, "Muon"):  # torch >= 2.9; MuonAdamW says what is missing otherwise
+
+    class ShardedMuon(torch.optim.Muon):
+        """torch.optim.Muon that also steps FSDP-sharded matrices (`_sharded_muon_step`); its state and
+        state_dict are Muon's, so checkpoints do not depend on which of the two stepped them."""
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            sharded = any(type(p).__name__ == "DTensor" for g in self.param_groups for p in g["params"])
+            if not sharded:
+                return super().step(closure)
+            if closure is not None:
+                raise ValueError("ShardedMuon.step takes no closure")
+            _sharded_muon_step(self)
+            return None
+
+
 class MuonAdamW:
     """Muon for the 2-D matrices inside the blocks, AdamW for embeddings, head, gains and biases.
 
@@ -68,7 +114,7 @@ class MuonAdamW:
         blocks = {id(p) for name, p in model.named_parameters() if ".h." in f".{name}" and p.dim() == 2}
         matrices = [p for p in model.parameters() if id(p) in blocks]
         rest = {id(p): p for p in model.parameters() if id(p) not in blocks}  # the tied head counted once
-        self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
+        self.muon = ShardedMuon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
                                      nesterov=True, adjust_lr_fn="match_rms_adamw")
         self.adamw = _adamw([{"params": [p for p in rest.values() if p.dim() >= 2], "weight_decay": weight_decay},
                              {"params": [p for p in rest.values() if p.dim() < 2], "weight_decay": 0.0}],
@@ -77,6 +123,11 @@ class MuonAdamW:
     @property
     def param_groups(self) -> list[dict]:
         return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The two torch optimizers (torch.distributed.checkpoint saves and loads a list of them)."""
+        return [self.muon, self.adamw]
 
     def step(self) -> None:
         self.muon.step()

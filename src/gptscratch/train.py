@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gptscratch import checkpoint as ckpt
-from gptscratch import rundir, testing
+from gptscratch import fsdp, rundir, testing
 from gptscratch.config import (
     CUDAGRAPH_MODES,
     PRESETS,
@@ -120,6 +120,11 @@ class Run:
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    @property
+    def sharded(self) -> bool:
+        """--parallel fsdp: every rank takes part in every forward pass, evaluation and sampling included."""
+        return self.cfg.parallel == "fsdp"
+
 
 def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
@@ -165,13 +170,14 @@ def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None) -> GPT:
         model = load_source(cfg)
     else:
         model = GPT(cfg.model_config())
-    if saved is not None:
+    if saved is not None:  # an FSDP checkpoint's weights load once the model is sharded (setup)
         if asdict(saved.model_config) != asdict(model.config):
             diff = {k: (v, getattr(model.config, k)) for k, v in asdict(saved.model_config).items()
                     if getattr(model.config, k) != v}
             desc = ", ".join(f"{k}: checkpoint {a}, run {b}" for k, (a, b) in diff.items())
             raise UserError(f"{saved.path}: the checkpoint's model differs from this run's ({desc})")
-        ckpt.load_weights(model, saved.path / "model.safetensors")
+        if not saved.sharded:
+            ckpt.load_weights(model, saved.path / "model.safetensors")
     return model
 
 
@@ -182,7 +188,7 @@ def wrap_for_training(model: GPT, cfg: TrainConfig, d: Dist, device: torch.devic
             raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
                             "combine with DDP: use default or max-autotune-no-cudagraphs with torchrun")
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
-    if d.enabled:
+    if d.enabled and cfg.parallel == "ddp":
         model = DDP(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     return model
 
@@ -200,6 +206,8 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     hellaswag = load_hellaswag(cfg)
     train_loader, val_loader = open_data(cfg, d)
     raw_model = build_model(cfg, saved).to(device)
+    if cfg.parallel == "fsdp":
+        fsdp.shard(raw_model, d, device, autocast_dtype(cfg.dtype, device))  # before the optimizer sees its params
     optimizer = build_optimizer(raw_model, cfg, device.type)
     start = 0
     if saved is not None:
@@ -207,7 +215,10 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
         if saved.config.get("optimizer", "adamw") != cfg.optimizer:
             raise UserError(f"{saved.path}: trained with --optimizer {saved.config.get('optimizer', 'adamw')}, "
                             f"not {cfg.optimizer}; resume with the optimizer whose state it holds")
-        load_optimizer_state(optimizer, saved.optimizer_state())
+        if cfg.parallel == "fsdp":
+            fsdp.load_checkpoint(saved, raw_model, optimizer)
+        else:
+            load_optimizer_state(optimizer, saved.optimizer_state())
         train_loader.load_state_dict(saved.loader_states[rank])
         ckpt.set_rng_state(saved.rng_state(rank))  # after the model's init: the run continues its own stream
         start = saved.step
@@ -226,7 +237,8 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     )
     if d.master:
         print(f"gptscratch train: {n_params / 1e6:.2f}M parameters on {device}"
-              f"{' x' + str(d.world_size) if d.enabled else ''}, {run.amp or torch.float32} compute, "
+              f"{' x' + str(d.world_size) if d.enabled else ''}{' (fsdp)' if run.sharded else ''}, "
+              f"{run.amp or torch.float32} compute, "
               f"{run.tokens_per_step:,} tokens/step ({accum} micro-step(s) of {cfg.batch_size}x{cfg.seq_len}), "
               f"{cfg.max_steps} steps, run dir {run_dir}", file=sys.stderr)
         if device.type == "cuda" and run.peak_flops is None:
@@ -273,11 +285,15 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
         val = estimate_val_loss(run)
         run.log.write(step=step, val_loss=val)
     if run.hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
-        hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
+        examples = run.hellaswag
+        if run.sharded:  # as many forward passes on every rank: the examples are cut to a multiple of the ranks
+            examples = examples[:len(examples) - len(examples) % run.d.world_size] or examples
+        hs = hellaswag_eval(run.raw_model, examples, run.device, rank=run.d.rank, world_size=run.d.world_size,
                             amp=run.amp)
         run.log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
-    if run.d.master and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
-        for text in samples(run):
+    if (run.d.master or run.sharded) and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
+        texts = samples(run)  # under FSDP every rank takes part in each forward pass; rank 0 prints
+        for text in texts if run.d.master else []:
             tqdm.write(f"--- sample at step {step} ---\n{text}", file=sys.stderr)
     return val
 
@@ -292,7 +308,9 @@ def forward_backward(run: Run, step: int) -> float:
             x, y = run.train_loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # gradients are all-reduced once, on the last micro-step
-            sync = run.model.no_sync() if d.enabled and micro < run.accum - 1 else contextlib.nullcontext()
+            # (FSDP reduce-scatters every micro-step, keeping gradients sharded: fsdp.py)
+            ddp = d.enabled and not run.sharded
+            sync = run.model.no_sync() if ddp and micro < run.accum - 1 else contextlib.nullcontext()
             with sync, attention_backend(cfg.attention, device):
                 with autocast(device, run.amp):
                     _, loss = run.model(x, y, return_logits=not run.chunked, amp=run.amp)
@@ -316,7 +334,7 @@ def update(run: Run, step: int) -> tuple[float, float]:
     """Clip and apply the gradients of step `step`: (gradient norm, learning rate)."""
     cfg = run.cfg
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-    norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), clip)
+    norm = fsdp.clip_grad_norm(run.raw_model, clip)  # the total norm over every rank's shards under FSDP
     lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
     for group in run.optimizer.param_groups:
         group["lr"] = group["peak_lr"] * lr / cfg.lr  # each group's own peak (Muon's), on the one schedule
@@ -340,12 +358,18 @@ def snapshot(run: Run) -> tuple[list[dict], list[dict]]:
 def save_checkpoint(run: Run, step: int, states: tuple[list[dict], list[dict]]) -> str | None:
     """Rank 0 writes the checkpoint of `step` (its path, None on other ranks); a failure stops every rank."""
     loaders, rngs = states
+    if run.sharded:  # every rank writes its shards
+        path = fsdp.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer, asdict(run.cfg), loaders, rngs,
+                                    run.cfg.keep, run.d)
+        return str(path) if path else None
     path = on_master(run.d, lambda: ckpt.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer,
                                                            asdict(run.cfg), loaders, rngs, run.cfg.keep))
     return str(path) if path else None
 
 
 def weights_finite(run: Run) -> bool:
+    if run.sharded:
+        return fsdp.weights_finite(run.raw_model, run.d)
     return bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
 
 
@@ -406,8 +430,9 @@ def loop(run: Run) -> dict:
                 break
     result["val_loss"] = last_val
     result["step"] = step
+    texts = samples(run) if not result.get("stopped") and (d.master or run.sharded) else []
     if d.master and not result.get("stopped"):
-        result["samples"] = samples(run)
+        result["samples"] = texts
         for i, text in enumerate(result["samples"]):
             print(f"--- sample {i + 1} ---\n{text}")
         result["plot"] = _plot(run.run_dir)
@@ -428,7 +453,7 @@ def _plot(run_dir: Path) -> str | None:
 def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None, resuming: bool = False) -> dict:
     """Train per `cfg`, continuing `saved` (a checkpoint from `resolve_run`) when given; `resuming`: --resume
     was asked, so a directory whose run wrote no checkpoint yet may be started again (rundir.claim)."""
-    d, device = init_distributed(cfg.device)
+    d, device = init_distributed(cfg.device, group_of_one=cfg.parallel == "fsdp")
     lock = None
     try:
         run_dir = Path(cfg.run_dir())
