@@ -1,6 +1,7 @@
 """--parallel fsdp under torchrun (2 processes, gloo): the same training as one process, exact resume after
 SIGKILL, sharded checkpoints that resume at another world size and export like any other."""
 
+import json
 import os
 import signal
 import subprocess
@@ -154,3 +155,18 @@ def test_fsdp_checkpoint_layout(shards, tmp_path):  # noqa: F811
     step = Path(tmp_path / "r" / "checkpoints" / "step_000002")
     assert sorted(p.name for p in step.iterdir()) == ["dcp", "rng_rank0.pt", "state.json"]
     assert (step / "dcp" / ".metadata").exists()
+
+
+def test_fsdp_holds_half_of_ddps_parameter_gradient_and_optimizer_bytes_per_rank(tmp_path):
+    # benchmarks/fsdp_memory.py counts each rank's local tensors; 2 ranks: 16 bytes a parameter under DDP
+    # (float32 weights, gradients, AdamW's two moments), 8 under FSDP (plus AdamW's step counters)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fsdp_memory.py"
+    p = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--steps", "1", "--json",
+                        str(tmp_path / "m.json")], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ddp, sharded = json.loads((tmp_path / "m.json").read_text())
+    for result, per_param in ((ddp, 16), (sharded, 8)):
+        for rank in result["ranks"]:
+            total = rank["params"] + rank["grads"] + rank["optimizer"]
+            assert total / result["num_params"] == pytest.approx(per_param, rel=0.01)
