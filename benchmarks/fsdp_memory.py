@@ -31,8 +31,10 @@ def tensor_bytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
         local = t.to_local() if isinstance(t, DTensor) else t
-        if id(local) not in seen:
-            seen.add(id(local))
+        # by address, not id(): to_local() returns a new object each call, whose id a freed one may reuse
+        key = (local.data_ptr(), local.numel())
+        if key not in seen:
+            seen.add(key)
             total += local.numel() * local.element_size()
     return total
 

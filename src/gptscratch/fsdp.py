@@ -47,6 +47,8 @@ def shard(model: GPT, d: Dist, device: torch.device, amp: torch.dtype | None) ->
     """fully_shard each block, then the root, in place: the model's parameters become DTensor shards (so the
     optimizer is built after this). Every rank starts from rank 0's weights, as under DDP (each rank drew its
     own init from its own seed, and fully_shard keeps each rank's slice of its own)."""
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--parallel fsdp runs on CUDA or the CPU, not {device.type}; use --parallel ddp")
     if d.enabled:
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:

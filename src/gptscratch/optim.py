@@ -103,7 +103,8 @@ class MuonAdamW:
     One object that the loop steps, zeroes and checkpoints like a single optimizer; every group keeps
     its own peak lr in `group["peak_lr"]`, which the schedule scales. Under DDP, gradients arrive
     all-reduced, so each rank runs the same Newton-Schulz on the whole matrix: redundant work, but
-    exact, and small next to the forward and backward at these sizes.
+    exact, and small next to the forward and backward at these sizes. Under FSDP (`--parallel fsdp`)
+    the matrices are shards; ShardedMuon gathers each one's update for Newton-Schulz (`_sharded_muon_step`).
     """
 
     def __init__(self, model: nn.Module, lr: float, muon_lr: float, momentum: float, weight_decay: float,
