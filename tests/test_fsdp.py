@@ -16,7 +16,7 @@ from gptscratch.checkpoint import load_checkpoint, load_model
 from gptscratch.cli import main
 from gptscratch.io import read_safetensors
 
-from .test_train import gptscratch, halted, shards, train_losses  # noqa: F401  (shards: a fixture)
+from .test_train import gptscratch, halted, read_metrics, shards, train_losses  # noqa: F401  (shards: a fixture)
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32"]  # float32: exactness is promised for it
 QUIET = ["--num-samples", "1", "--sample-tokens", "1"]
@@ -77,10 +77,18 @@ def max_diff(a: dict, b: dict) -> float:
 def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike(shards, tmp_path):  # noqa: F811
     common = [*TINY, "--data", str(shards), "--max-steps", "10", "--batch-size", "2", "--total-batch-tokens", "128",
               "--eval-interval", "5", "--ckpt-interval", "5", *QUIET]
+    rows = [{"ind": i, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat",
+             "split": "val", "split_type": "indomain", "label": i % 4, "endings": ["on the mat.", "down.", "up.", "x"],
+             "source_id": "s"} for i in range(3)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     one = gptscratch("train", *common, "--out", str(tmp_path / "one"))  # 2 accumulation steps
-    two = torchrun("train", *common, "--parallel", "fsdp", "--out", str(tmp_path / "two"))
+    # HellaSwag and samples run on every FSDP rank (each forward pass all-gathers the weights)
+    two = torchrun("train", *common, "--parallel", "fsdp", "--out", str(tmp_path / "two"),
+                   "--hellaswag-interval", "5", "--hellaswag-file", str(tmp_path / "hs.jsonl"))
     assert one.wait(timeout=300) == 0, one.stderr.read()
     finished(two)
+    # 3 examples over 2 ranks: 2 scored, so that each rank runs as many forward passes
+    assert [r["hellaswag_n"] for r in read_metrics(tmp_path / "two") if "hellaswag_n" in r] == [2, 2]
     ours, theirs = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
     assert sorted(ours) == sorted(theirs) == list(range(10))
     assert ours == pytest.approx(theirs, abs=1e-5, rel=0)

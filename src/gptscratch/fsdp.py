@@ -77,6 +77,16 @@ def weights_finite(model: torch.nn.Module, d: Dist) -> bool:
     return all(gather(ok, d))
 
 
+def even_split(examples: list, world_size: int) -> list:
+    """The first examples, as many as divide evenly over the ranks: under FSDP every rank must run the same
+    number of forward passes (each all-gathers weights), so no rank may score one example more."""
+    kept = examples[:len(examples) - len(examples) % world_size]
+    if not kept:
+        raise UserError(f"--parallel fsdp over {world_size} processes needs at least {world_size} HellaSwag "
+                        f"examples, not {len(examples)}; raise --hellaswag-limit")
+    return kept
+
+
 def _optimizers(optimizer) -> list[torch.optim.Optimizer]:
     return getattr(optimizer, "optimizers", [optimizer])  # MuonAdamW is two
 

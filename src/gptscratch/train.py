@@ -204,6 +204,8 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     allow_tf32(device)
     attention_backend(cfg.attention, device)  # fails here, before any work, on a kernel this device lacks
     hellaswag = load_hellaswag(cfg)
+    if hellaswag is not None and cfg.parallel == "fsdp":
+        hellaswag = fsdp.even_split(hellaswag, d.world_size)  # as many forward passes on every rank
     train_loader, val_loader = open_data(cfg, d)
     raw_model = build_model(cfg, saved).to(device)
     if cfg.parallel == "fsdp":
@@ -285,10 +287,7 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
         val = estimate_val_loss(run)
         run.log.write(step=step, val_loss=val)
     if run.hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
-        examples = run.hellaswag
-        if run.sharded:  # as many forward passes on every rank: the examples are cut to a multiple of the ranks
-            examples = examples[:len(examples) - len(examples) % run.d.world_size] or examples
-        hs = hellaswag_eval(run.raw_model, examples, run.device, rank=run.d.rank, world_size=run.d.world_size,
+        hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
                             amp=run.amp)
         run.log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
     if (run.d.master or run.sharded) and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
