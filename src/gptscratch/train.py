@@ -306,8 +306,8 @@ def forward_backward(run: Run, step: int) -> float:
         for micro in range(run.accum):
             x, y = run.train_loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # gradients are all-reduced once, on the last micro-step
-            # (FSDP reduce-scatters every micro-step, keeping gradients sharded: fsdp.py)
+            # DDP all-reduces gradients once, on the last micro-step; FSDP reduce-scatters on every one, so
+            # that they stay sharded (fsdp.py)
             ddp = d.enabled and not run.sharded
             sync = run.model.no_sync() if ddp and micro < run.accum - 1 else contextlib.nullcontext()
             with sync, attention_backend(cfg.attention, device):
