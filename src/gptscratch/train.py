@@ -105,7 +105,7 @@ class Run:
     accum: int  # micro-steps per optimizer step
     run_dir: Path
     model: torch.nn.Module  # what the training step calls: compiled and/or DDP-wrapped
-    raw_model: GPT  # the plain module: evaluation and sampling use it, so odd shapes never recompile
+    raw_model: GPT  # the plain module (sharded in place under FSDP): evaluation and sampling use it, uncompiled
     optimizer: torch.optim.Optimizer  # or optim.MuonAdamW, which steps and saves like one
     train_loader: TokenLoader
     val_loader: TokenLoader
