@@ -131,7 +131,8 @@ def timing(presets: list[str], steps: int, repeats: int, out: Path, before: Path
 
     Step times logged inside long runs are only as good as the machine was quiet then; these are not.
     `before`: also time each preset with the package from that source tree (e.g. an older commit's `src/`,
-    from `git worktree add`), alternating with this one: rows `PRESET@before`.
+    from `git worktree add`), alternating with this one: rows `PRESET@before`. A preset may carry settings
+    after a colon, `modern-demo:--mlp=swiglu`, timed as a row of that name.
     """
     import os
     import shutil
@@ -141,14 +142,16 @@ def timing(presets: list[str], steps: int, repeats: int, out: Path, before: Path
     for r in range(repeats):
         for preset in presets:
             for tag, src in codes:
-                run = out / "timing" / f"{preset}{tag}-{r}"
+                name, _, extra = preset.partition(":")
+                run = out / "timing" / f"{preset.replace(':', '_').replace('=', '_')}{tag}-{r}"
                 env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None
                 probe = subprocess.run([sys.executable, "-c", "import gptscratch; print(gptscratch.__file__)"],
                                        capture_output=True, text=True, env=env, check=True).stdout.strip()
                 if src and not Path(probe).resolve().is_relative_to(src.resolve()):
                     raise SystemExit(f"--before {src}: python imports gptscratch from {probe} instead")
                 shutil.rmtree(run, ignore_errors=True)  # a fresh directory: older code has no --overwrite
-                subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", preset, "--out", str(run),
+                subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", name, *extra.split(),
+                                "--out", str(run),
                                 "--max-steps", str(steps), "--eval-interval", "0", "--ckpt-interval", "0",
                                 "--num-samples", "0", "--device", "cpu"], capture_output=True, env=env)
                 # the exit code is not checked: older code fails after the last step on --num-samples 0
