@@ -86,6 +86,23 @@ def train_run(data: Path, out: Path, preset: str, seed: int, settings: list[str]
             "s_per_step": statistics.median(steps[1:])}
 
 
+def cached_score(run: Path, data: Path, val, seq_len: int) -> float:
+    """score_run, remembered in the run directory next to the checkpoint it scored (scoring every val window
+    takes a minute or two on a CPU; a report over a dozen finished runs should not redo it)."""
+    from gptscratch.checkpoint import find_checkpoint
+
+    key = {"checkpoint": find_checkpoint(run).name, "data": str(data.resolve()), "val_tokens": int(len(val)),
+           "seq_len": seq_len}
+    cache = run / "val_score.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved["val_loss"]
+    loss = score_run(run, val, seq_len)
+    cache.write_text(json.dumps({**key, "val_loss": loss}) + "\n")
+    return loss
+
+
 def seconds_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
     """The first time the curve is at or below `target`, interpolated between its points; None if never."""
     if curve and curve[0][1] <= target:
@@ -284,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 slug = name.strip("+").split(" ")[0]
                 run = train_run(data, args.out / data.name / f"{slug}-{seed}", preset, seed, settings,
                                 args.eval_interval)
-                run["val_loss"] = score_run(Path(run["run"]), val, seq_len)
+                run["val_loss"] = cached_score(Path(run["run"]), data, val, seq_len)
                 runs.append(run)
             rows.append(summarise(name, runs))
             add_reach(rows, rows[0])
