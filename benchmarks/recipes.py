@@ -44,7 +44,9 @@ ABLATION: list[tuple[str, list[str]]] = [
     ("+wsd", ["--schedule", "wsd"]),
     ("+softcap", ["--logit-softcap", "15"]),
 ]
-VARIANTS: list[tuple[str, list[str]]] = [("swiglu-for-relu2", ["--mlp", "swiglu"])]  # on top of the full chain
+# on top of the full chain; the second is the set that exports to transformers' Qwen3 (no relu2, no soft-cap)
+VARIANTS: list[tuple[str, list[str]]] = [("swiglu-for-relu2", ["--mlp", "swiglu"]),
+                                         ("qwen3-exportable", ["--mlp", "swiglu", "--logit-softcap", "0"])]
 
 
 def numpy_corpus(out: Path) -> None:

@@ -103,7 +103,7 @@ def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike
 
 
 def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):  # noqa: F811
-    # rope, QK-norm, relu2, an untied head, and Muon on sharded matrices (optim.ShardedMuon gathers them)
+    # rope, QK-norm, SwiGLU, an untied head, and Muon on sharded matrices (optim.ShardedMuon gathers them)
     common = [*TINY, "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd", "--data", str(shards),
               "--max-steps", "4", "--batch-size", "2", "--total-batch-tokens", "128", "--lr", "3e-3",
               "--eval-interval", "0", *QUIET]

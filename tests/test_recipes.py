@@ -25,9 +25,9 @@ def test_wsd_schedule_by_hand():
 
 
 def test_arch_sets_the_options_and_single_flags_override_them():
-    cfg = resolve_config("demo", {"arch": "modern", "mlp": "swiglu"})
+    cfg = resolve_config("demo", {"arch": "modern", "mlp": "relu2"})
     model = cfg.model_config()
-    assert (model.pos_embedding, model.qk_norm, model.mlp, model.bias) == ("rope", True, "swiglu", False)
+    assert (model.pos_embedding, model.qk_norm, model.mlp, model.bias) == ("rope", True, "relu2", False)
     assert resolve_config("modern-demo").model_config().mlp == ARCHS["modern"]["mlp"]
     gpt2 = resolve_config("modern-demo", {"arch": "gpt2"}).model_config()
     assert gpt2 == resolve_config("demo").model_config()  # --arch gpt2 is GPT-2 exactly, whatever the preset
@@ -90,3 +90,10 @@ def test_modern_model_compiles_to_one_graph():
     x = torch.randint(0, 50, (2, 12))
     explained = torch._dynamo.explain(lambda m: m(x, x, return_logits=False)[1])(model)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_the_modern_arch_exports_as_qwen3():
+    from gptscratch.hf_modern import check_exportable
+
+    assert check_exportable(resolve_config("modern-demo").model_config()) == "qwen3"
+    assert check_exportable(resolve_config("modern-124m").model_config()) == "qwen3"
