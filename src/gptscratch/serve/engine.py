@@ -88,7 +88,6 @@ class Choice:
         self.text = ""
         self.sent_text = self.sent_tokens = 0
         self.finish_reason: str | None = None
-        self.length = len(request.prompt)  # tokens in its cache row
 
     def add(self, token: int, logprob: float | None, top: dict[int, float] | None, enc) -> None:
         """Append a sampled token; decide whether the choice has finished."""
@@ -139,8 +138,7 @@ class Engine:
         self.enc = get_encoding()
         self.vocab = model.config.vocab_size
         self.cache = model.new_cache(max_batch, dtype=amp, per_row=True)
-        self.running: list[Choice] = []  # running[i] decodes in cache row i
-        self.next_input: list[int] = []  # the token each running row feeds next
+        self.running: list[Choice] = []  # running[i] decodes in cache row i; it feeds its last token next
         self.waiting: deque[Request] = deque()
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -236,7 +234,6 @@ class Engine:
                     self.cache.copy_row(row, len(self.running), len(request.prompt))
                 self.cache.lengths[len(self.running)] = len(request.prompt)
                 self.running.append(choice)
-                self.next_input.append(choice.tokens[-1])
 
     def _sample(self, choices: list[Choice], logits: torch.Tensor) -> None:
         """Each choice picks from its own row of `logits` (rows, vocab) with its own settings and generator."""
@@ -252,15 +249,14 @@ class Engine:
     @torch.inference_mode()
     def _step(self) -> None:
         n = len(self.running)
-        idx = torch.tensor(self.next_input, dtype=torch.long, device=self.device)[:, None]
+        # a running choice has a token: one that ended on <|endoftext|> (kept out of its tokens) has left
+        idx = torch.tensor([c.tokens[-1] for c in self.running], dtype=torch.long, device=self.device)[:, None]
         with autocast(self.device, self.amp):
             logits, _ = self.model(idx, cache=self.cache.rows(0, n))
         self._sample(self.running, logits[:, -1, : self.vocab].float())
         with self.wake:
             self.steps += 1
-        for row, choice in enumerate(self.running):
-            choice.length += 1
-            self.next_input[row] = choice.tokens[-1] if choice.tokens else EOT_TOKEN
+        for choice in self.running:
             if choice.request.cancelled and choice.finish_reason is None:
                 choice.finish_reason = "cancelled"
             choice.request.on_event(choice.event())
@@ -269,10 +265,9 @@ class Engine:
             if self.running[row].finish_reason is not None:
                 last = len(self.running) - 1
                 if row != last:
-                    self.cache.copy_row(last, row, self.running[last].length)
-                    self.running[row], self.next_input[row] = self.running[last], self.next_input[last]
+                    self.cache.copy_row(last, row, int(self.cache.lengths[last]))
+                    self.running[row] = self.running[last]
                 self.running.pop()
-                self.next_input.pop()
 
 
 def top_dict(logp: torch.Tensor, k: int) -> dict[int, float]:
