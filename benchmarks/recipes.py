@@ -12,8 +12,9 @@ shape, batch, steps and batch order; only the listed settings change.
 
 For each run: the final model's val loss over every val window (benchmarks/val_scorer.py), the median
 s/step, and the training seconds (step times summed, evaluation excluded) at which its val curve (the
-trainer's own estimate every `--eval-interval` steps, on a fixed val set, linearly interpolated) first
-reaches the GPT-2 recipe's final value on the same corpus (mean over seeds). The ratio of those seconds
+trainer's own estimate every `--eval-interval` steps, on the same val rows each time, drawn from the whole
+split; linearly interpolated) first reaches the GPT-2 recipe's final value on the same corpus (mean over
+seeds). The ratio of those seconds
 to the GPT-2 recipe's full training time is the headline (target <= 0.6). Last line: one JSON object.
 """
 
@@ -239,7 +240,7 @@ def report(logs: list[Path], s_per_step: dict[str, float], plot: Path | None, al
                     ax.plot(xs, ys, "o-", color=color, alpha=0.7, label=f"{name} recipe" if i == 0 else None)
             ax.axhline(target, color="gray", ls="--", label="GPT-2 recipe's final val")
             ax.set_xlabel("training seconds (steps x quiet s/step, 2 CPU cores)")
-            ax.set_ylabel("val loss (the trainer's fixed val batches)")
+            ax.set_ylabel("val loss (the trainer's estimate: fixed val rows)")
             ax.set_title(f"two recipes on {Path(corpus).name}")
             ax.legend()
             ax.grid(alpha=0.3)

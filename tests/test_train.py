@@ -192,6 +192,30 @@ def test_compile_mode_and_attention_reach_the_step(shards, tmp_path, monkeypatch
     assert math_only and all(math_only)
 
 
+def test_the_val_estimate_reads_the_same_rows_from_across_the_whole_split(tmp_path):
+    """The trainer's val loss must stand for the split, not for its first documents, and compare between
+    evaluations and between runs of other seeds: rows drawn from the whole split, the same ones every time."""
+    from gptscratch.distributed import Dist
+    from gptscratch.train import open_data
+
+    d = tmp_path / "data"
+    d.mkdir()
+    write_llmc_shard(d / "t_train_000000.bin", np.zeros(5_000, dtype=np.int64))
+    write_llmc_shard(d / "t_val_000000.bin", np.arange(20_000))  # a token is its own position
+    seen = []
+    for seed in (1, 2):
+        cfg = resolve_config("tiny", {"data": str(d), "seed": seed})
+        _, val = open_data(cfg, Dist())
+        for _ in range(2):  # the trainer resets the loader before each evaluation
+            val.reset()
+            seen.append(torch.cat([val.next_batch()[0] for _ in range(cfg.eval_batches)]))
+    assert all(torch.equal(s, seen[0]) for s in seen)
+    read = cfg.eval_batches * cfg.batch_size * cfg.seq_len
+    starts = seen[0][:, 0]
+    assert starts.max() > 2 * read  # not only the split's first `read` tokens
+    assert starts.min() < 20_000 // 2 < starts.max()
+
+
 def test_train_end_to_end(shards, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--data", str(shards), "--out", str(out), "--max-steps", "12",

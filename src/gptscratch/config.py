@@ -100,7 +100,8 @@ class TrainConfig:
                                 min=0, max=1)
     # evaluation and logging
     eval_interval: int = setting(250, "val loss every this many steps (and at the last); 0: never", min=0)
-    eval_batches: int = setting(20, "batches of the val split per val loss", min=1)
+    eval_batches: int = setting(20, "batches of val rows per val loss: the same rows every time, drawn from the "
+                                "whole split", min=1)
     hellaswag_interval: int = setting(0, "HellaSwag accuracy every this many steps; 0: never", min=0)
     hellaswag_file: str = setting("", "a HellaSwag .jsonl; empty: download the official val set into the cache")
     hellaswag_limit: int = setting(0, "score only the first N HellaSwag examples; 0: every one", min=0)
