@@ -14,8 +14,8 @@ For each run: the final model's val loss over every val window (benchmarks/val_s
 s/step, and the training seconds (step times summed, evaluation excluded) at which its val curve (the
 trainer's own estimate every `--eval-interval` steps, on the same val rows each time, drawn from the whole
 split; linearly interpolated) first reaches the GPT-2 recipe's final value on the same corpus (mean over
-seeds). The ratio of those seconds
-to the GPT-2 recipe's full training time is the headline (target <= 0.6). Last line: one JSON object.
+seeds). The ratio of those seconds to the GPT-2 recipe's full training time is the headline (target <= 0.6).
+Last line: one JSON object.
 """
 
 from __future__ import annotations
