@@ -60,6 +60,22 @@ def test_cached_decoding_equals_uncached_logits(name):
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["rope", "softcap", "modern"])
+def test_last_only_logits_are_the_last_position_of_the_full_ones(name):
+    model = tiny(**OPTION_SETS[name]).eval()
+    x = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(x)
+        last, _ = model(x, last_only=True)
+        cache = model.new_cache(2)
+        cached = model(x, cache=cache, last_only=True)[0]
+    assert last.shape == (2, 1, full.size(-1))
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+    assert torch.allclose(cached, full[:, -1:], atol=1e-5)
+    with pytest.raises(ValueError, match="last_only"):
+        model(x, torch.roll(x, -1, dims=1), last_only=True)
+
+
 def test_rotary_matches_the_complex_number_form():
     # RoFormer's definition: channel pair (i, i + d/2) as a complex number times e^{i * pos * base^(-2i/d)}
     d, T, base = 8, 5, 10000.0

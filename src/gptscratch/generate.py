@@ -97,13 +97,13 @@ def generate(
         for _ in range(max_new_tokens):
             with autocast(idx.device, amp):
                 if not use_cache:
-                    logits, _ = model(idx[:, -block:])
+                    logits, _ = model(idx[:, -block:], last_only=True)
                 elif cache is None or cache.pos >= block:
                     # (re)fill: the first step, or the window slid past the position table
                     cache = model.new_cache(idx.size(0), device=idx.device, dtype=amp)
-                    logits, _ = model(idx[:, -block:], cache=cache)
+                    logits, _ = model(idx[:, -block:], cache=cache, last_only=True)
                 else:
-                    logits, _ = model(idx[:, -1:], cache=cache)
+                    logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
             logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:

@@ -351,8 +351,13 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         return_logits: bool = True,
         amp: torch.dtype | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return (logits over every position, mean cross-entropy against `targets` or None).
+
+        `last_only` (sampling, without targets): logits for the last position alone, (B, 1, vocab). A prompt's
+        other positions are never read when sampling, and their head is a large share of a prefill's work
+        (T x n_embd x 50,304 multiply-adds) and memory.
 
         `return_logits=False` (training) computes the loss chunk by chunk without ever holding the
         full (B, T, vocab) logits in memory, and returns None for them. That path turns autocast off to
@@ -363,6 +368,10 @@ class GPT(nn.Module):
         cap = self.config.logit_softcap
         if targets is not None and not return_logits:
             return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, amp, softcap=cap)
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only gives no loss: the targets need every position's logits")
+            x = x[:, -1:]
         logits = self.lm_head(x)
         if cap:
             logits = cap * torch.tanh(logits / cap)

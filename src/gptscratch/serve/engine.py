@@ -212,7 +212,8 @@ class Engine:
         row = len(self.running)
         idx = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
         with autocast(self.device, self.amp):
-            logits, _ = self.model(idx, cache=self.cache.rows(row, row + 1, empty=True))
+            logits, _ = self.model(idx, cache=self.cache.rows(row, row + 1, empty=True),
+                                   last_only=not request.echo_logprobs)
         logits = logits[0, :, : self.vocab].float()
         if request.echo_logprobs:  # the prompt's own tokens, each under the context before it
             k = request.sampling.logprobs or 0
