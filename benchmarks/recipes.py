@@ -159,16 +159,18 @@ def timing(presets: list[str], steps: int, repeats: int, out: Path, before: Path
 
     codes = [("", None)] + ([("@before", before)] if before else [])
     times: dict[str, list[float]] = {p + tag: [] for p in presets for tag, _ in codes}
+    envs = {tag: {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None for tag, src in codes}
+    for tag, src in codes:  # the older tree must be the one imported, or both rows time today's code
+        probe = subprocess.run([sys.executable, "-c", "import gptscratch; print(gptscratch.__file__)"],
+                               capture_output=True, text=True, env=envs[tag], check=True).stdout.strip()
+        if src and not Path(probe).resolve().is_relative_to(src.resolve()):
+            raise SystemExit(f"--before {src}: python imports gptscratch from {probe} instead")
     for r in range(repeats):
         for preset in presets:
-            for tag, src in codes:
+            for tag, _ in codes:
                 name, _, extra = preset.partition(":")
                 run = out / "timing" / f"{preset.replace(':', '_').replace('=', '_')}{tag}-{r}"
-                env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None
-                probe = subprocess.run([sys.executable, "-c", "import gptscratch; print(gptscratch.__file__)"],
-                                       capture_output=True, text=True, env=env, check=True).stdout.strip()
-                if src and not Path(probe).resolve().is_relative_to(src.resolve()):
-                    raise SystemExit(f"--before {src}: python imports gptscratch from {probe} instead")
+                env = envs[tag]
                 shutil.rmtree(run, ignore_errors=True)  # a fresh directory: older code has no --overwrite
                 subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", name, *extra.split(),
                                 "--out", str(run),

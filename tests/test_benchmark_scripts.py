@@ -46,3 +46,19 @@ def test_serve_bench_runs_both_modes_on_the_same_requests(tmp_path):
     r = result["rounds"][0]
     assert r["tokens"] == 2 * 3 and r["batched_tok_s"] > 0 and r["sequential_tok_s"] > 0
     assert json.loads(out.read_text())["median"]["ratio"] == r["ratio"]
+
+
+def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not_imported(tmp_path, monkeypatch,
+                                                                                            capsys):
+    from recipes import timing
+
+    monkeypatch.chdir(tmp_path)  # the runs' default corpus is written under the working directory
+    src = Path(__file__).resolve().parent.parent / "src"
+    result = timing(["tiny:--mlp=relu2"], steps=7, repeats=1, out=tmp_path / "t", before=src)
+    assert set(result) == {"tiny:--mlp=relu2", "tiny:--mlp=relu2@before"}  # a preset with settings: its own row
+    assert all(v > 0 for v in result.values())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    not_a_package = tmp_path / "empty"
+    not_a_package.mkdir()
+    with pytest.raises(SystemExit, match="--before .*imports gptscratch from"):
+        timing(["tiny"], steps=7, repeats=1, out=tmp_path / "t", before=not_a_package)
