@@ -201,7 +201,9 @@ def report(logs: list[Path], s_per_step: dict[str, float], plot: Path | None, al
                     metrics = read_metrics(Path(run["run"]))
                     run["curve_steps"] = [(r["step"], r["val_loss"]) for r in metrics if "val_loss" in r]
                     run["steps"] = max(r["step"] for r in metrics if "loss" in r) + 1
-                rows_by_corpus.setdefault(corpus, {}).setdefault(key, []).extend(row["runs"])
+                runs = rows_by_corpus.setdefault(corpus, {}).setdefault(key, [])
+                # a run in two logs (the GPT-2 recipe's, which compare and ablation share) counts once
+                runs.extend(r for r in row["runs"] if r["run"] not in {x["run"] for x in runs})
     out: dict = {}
     for corpus, rows in rows_by_corpus.items():
         base = rows["gpt2"]

@@ -62,3 +62,28 @@ def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not
     not_a_package.mkdir()
     with pytest.raises(SystemExit, match="--before .*imports gptscratch from"):
         timing(["tiny"], steps=7, repeats=1, out=tmp_path / "t", before=not_a_package)
+
+
+def test_report_counts_a_run_shared_by_two_logs_once_and_reads_steps_to_the_target(tmp_path, capsys):
+    from recipes import report
+
+    def run(name: str, seed: int, val: list[tuple[int, float]], score: float) -> dict:
+        d = tmp_path / f"{name}-{seed}"
+        d.mkdir()
+        lines = [{"step": s, "loss": 1.0} for s in range(100)] + [{"step": s, "val_loss": v} for s, v in val]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return {"run": str(d), "seed": seed, "val_loss": score}
+
+    gpt2 = [run("gpt2", s, [(0, 10.0), (50, 6.0), (100, 5.0 + s)], 5.0 + s) for s in (0, 1)]  # target: 5.5
+    modern = run("modern", 0, [(0, 10.0), (50, 5.0), (100, 4.0)], 4.0)  # 5.5 at step 45 (between 0 and 50)
+    logs = []
+    for i, rows in enumerate([[("gpt2", gpt2), ("+rope", [modern])], [("gpt2 (demo)", gpt2)]]):
+        log = tmp_path / f"log{i}"
+        log.write_text(json.dumps({"corpora": {"c": [{"name": n, "runs": r} for n, r in rows]}}) + "\n")
+        logs.append(log)
+    out = report(logs, {"gpt2": 1.0, "+rope": 2.0}, None, {})["c"]
+    assert out["target"] == pytest.approx(5.5)
+    base, rope = out["rows"]
+    assert base["seeds"] == [0, 1] and base["val_mean"] == pytest.approx(5.5)
+    assert rope["reach_steps"] == pytest.approx(45) and rope["step_ratio"] == pytest.approx(0.45)
+    assert rope["wall_ratio"] == pytest.approx(0.9)  # twice the s/step
