@@ -132,3 +132,12 @@ def test_rows_at_different_positions_decode_as_each_row_alone(options):
             alone = model(torch.cat([p, new[b]])[None])[0][0, len(p) : len(p) + 4]
             torch.testing.assert_close(stepped[b], alone, atol=1e-5, rtol=1e-5)
     assert cache.lengths.tolist() == [3 + 4, 7 + 4, 7 + 4]
+    # rows of one length (1 and 2) need no mask, and take the unmasked path: still each row alone
+    last = torch.randint(0, 100, (2, 1))
+    with torch.no_grad():
+        view = cache.rows(1, 3)
+        stepped = model(last, cache=view)[0][:, 0]
+        assert view.mask is None
+        for b in range(2):
+            alone = model(torch.cat([prompts[1], new[b + 1], last[b]])[None])[0][0, -1]
+            torch.testing.assert_close(stepped[b], alone, atol=1e-5, rtol=1e-5)

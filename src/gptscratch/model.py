@@ -170,15 +170,25 @@ class KVCache:
         if self.lengths is not None:
             self.lengths[dst] = length
 
+    def begin_rows_step(self) -> int:
+        """Before a forward pass that adds one token per row: the longest row's length. The attention mask
+        that step's layers share is made here, once (reading the lengths is a device sync on a GPU), and is
+        None when every row has the same length (nothing to hide, and SDPA may take its fastest kernel)."""
+        shortest, longest = torch.stack([self.lengths.min(), self.lengths.max()]).tolist()
+        self.end = longest + 1
+        self.mask = None
+        if shortest != longest:  # row b sees its own lengths[b] tokens and the new one: (B, 1, 1, end)
+            self.mask = (torch.arange(self.end, device=self.lengths.device)[None, :] <= self.lengths[:, None])[
+                :, None, None, :]
+        return longest
+
     def append_rows(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One new token per row, each written at its row's own length. Returns the keys and values up to
-        the longest row, and the (B, 1, 1, S) mask that lets each row see only its own tokens."""
+        the longest row, and the mask from `begin_rows_step` that lets each row see only its own tokens."""
         rows = torch.arange(k.size(0), device=k.device)
         self.k[layer][rows, :, self.lengths] = k[:, :, 0]
         self.v[layer][rows, :, self.lengths] = v[:, :, 0]
-        end = int(self.lengths.max()) + 1
-        mask = torch.arange(end, device=k.device)[None, :] <= self.lengths[:, None]
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], mask[:, None, None, :]
+        return self.k[layer][:, :, : self.end], self.v[layer][:, :, : self.end], self.mask
 
 
 class CausalSelfAttention(nn.Module):
@@ -326,7 +336,7 @@ class GPT(nn.Module):
         if cache is not None and cache.lengths is not None:  # each row at its own position (serving)
             if T != 1:
                 raise ValueError("a cache with per-row lengths takes one new token per row")
-            start = int(cache.lengths.max())
+            start = cache.begin_rows_step()
             positions = cache.lengths[:, None]
         if start + T > self.config.block_size:
             raise ValueError(
