@@ -9,6 +9,10 @@ after another (each decoded alone: batch 1), then all at once from one thread pe
 together). Throughput is completion tokens over wall-clock; latency is each request's time from send to
 its last byte. Rounds alternate the two modes, so a machine that slows down hurts both alike; the ratio
 is taken per round and its median reported. Greedy decoding, so both modes produce the same tokens.
+
+Each round also decodes the same prompts with the library's `generate()` in this process, one at a time
+(no server, no HTTP): `engine_vs_generate` is the server's one-at-a-time speed over that, what a single
+request pays for going through the engine (per-row positions, HTTP, JSON).
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict:
     import httpx
 
+    from gptscratch.generate import generate
     from gptscratch.serve import serving_in_thread
     from gptscratch.serve.engine import Engine
+    from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SHAPES[args.shape])).eval()
@@ -72,6 +78,13 @@ def run(args: argparse.Namespace) -> dict:
             for t in threads:
                 t.join()
             par_s = time.perf_counter() - t0
+            gen_tokens, t0 = 0, time.perf_counter()
+            for p in prompts:  # what the server's one-at-a-time decoding does, without the server
+                ids = get_encoding().encode(p)
+                out = generate(model, torch.tensor([ids]), args.max_tokens, temperature=0.0, stop_token=EOT_TOKEN)
+                new_ids = out[0, len(ids):].tolist()
+                gen_tokens += new_ids.index(EOT_TOKEN) if EOT_TOKEN in new_ids else len(new_ids)
+            gen_s = time.perf_counter() - t0
             tokens = sum(n for _, n in seq)
             rounds.append({
                 "sequential_tok_s": tokens / seq_s, "batched_tok_s": sum(n for _, n in par) / par_s,
@@ -81,6 +94,8 @@ def run(args: argparse.Namespace) -> dict:
                 "batched_latency_p99": percentile([s for s, _ in par], 99),
                 "tokens": tokens})
             rounds[-1]["ratio"] = rounds[-1]["batched_tok_s"] / rounds[-1]["sequential_tok_s"]
+            rounds[-1]["generate_tok_s"] = gen_tokens / gen_s
+            rounds[-1]["engine_vs_generate"] = rounds[-1]["sequential_tok_s"] / rounds[-1]["generate_tok_s"]
             print(json.dumps({k: round(v, 3) for k, v in rounds[-1].items()}), flush=True)
     engine.stop()
     median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
@@ -89,7 +104,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"batched {median['batched_tok_s']:.1f} tok/s vs sequential {median['sequential_tok_s']:.1f} tok/s: "
           f"{median['ratio']:.2f}x; latency p50/p99 batched {median['batched_latency_p50']:.1f}/"
           f"{median['batched_latency_p99']:.1f} s, sequential {median['sequential_latency_p50']:.1f}/"
-          f"{median['sequential_latency_p99']:.1f} s")
+          f"{median['sequential_latency_p99']:.1f} s; one at a time, the server at "
+          f"{median['engine_vs_generate']:.2f}x generate()'s {median['generate_tok_s']:.1f} tok/s")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result

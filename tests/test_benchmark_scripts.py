@@ -46,6 +46,8 @@ def test_serve_bench_runs_both_modes_on_the_same_requests(tmp_path):
     r = result["rounds"][0]
     assert r["tokens"] == 2 * 3 and r["batched_tok_s"] > 0 and r["sequential_tok_s"] > 0
     assert json.loads(out.read_text())["median"]["ratio"] == r["ratio"]
+    assert r["generate_tok_s"] > 0 and r["engine_vs_generate"] == pytest.approx(r["sequential_tok_s"] /
+                                                                              r["generate_tok_s"])
 
 
 def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not_imported(tmp_path, monkeypatch,
