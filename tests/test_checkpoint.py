@@ -25,7 +25,9 @@ def test_checkpoint_from_commit_1ae9fdd_resumes_with_its_losses(tmp_path):
     keys = ("step", "loss", "val_loss", "grad_norm", "lr")
     assert [[k for k in keys if k in r] for r in got] == [[k for k in keys if k in r] for r in expected]
     for ours, theirs in zip(got, expected, strict=True):
-        for k in keys[1:]:
+        # val_loss is logged at the same steps but not compared: since a4bc9ad the estimate reads other val
+        # rows (drawn from the whole split) than this commit's did, by design; training must not differ
+        for k in ("loss", "grad_norm", "lr"):
             if k in theirs:
                 assert ours[k] == pytest.approx(theirs[k], rel=1e-5, abs=0), (ours["step"], k)
     assert (run / "checkpoints" / "step_000006" / "model.safetensors").exists()
