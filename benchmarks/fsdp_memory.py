@@ -82,7 +82,15 @@ def worker(preset: str, mode: str, steps: int) -> None:
                                            "num_params": n, "ranks": rows}), flush=True)
     # DDP's reducer must go before its process group: destroyed after it, it hung now and then under gloo
     del model, raw, optimizer, params, states
+    # Once in a CI run, rank 0 aborted after its figures were printed ("terminate called without an active
+    # exception": a C++ thread torn down at exit, no Python traceback), and torchrun failed the run. A barrier
+    # keeps either rank from tearing down while the other is still in a collective, and os._exit skips the
+    # interpreter's exit-time C++ destructors. The figures are printed and flushed, and the OS frees the rest.
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_mode(preset: str, mode: str, steps: int, nproc: int) -> dict:
