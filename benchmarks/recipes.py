@@ -167,10 +167,9 @@ def timing(presets: list[str], steps: int, repeats: int, out: Path, before: Path
             raise SystemExit(f"--before {src}: python imports gptscratch from {probe} instead")
     for r in range(repeats):
         for preset in presets:
-            for tag, _ in codes:
+            for tag, env in envs.items():
                 name, _, extra = preset.partition(":")
                 run = out / "timing" / f"{preset.replace(':', '_').replace('=', '_')}{tag}-{r}"
-                env = envs[tag]
                 shutil.rmtree(run, ignore_errors=True)  # a fresh directory: older code has no --overwrite
                 subprocess.run([sys.executable, "-m", "gptscratch", "train", "--preset", name, *extra.split(),
                                 "--out", str(run),
