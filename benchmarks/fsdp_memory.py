@@ -44,11 +44,11 @@ def worker(preset: str, mode: str, steps: int) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from gptscratch import fsdp
-    from gptscratch.config import resolve_config
-    from gptscratch.distributed import Dist, gather
     from gptscratch.model import GPT
-    from gptscratch.optim import build_optimizer
+    from gptscratch.train import fsdp
+    from gptscratch.train.config import resolve_config
+    from gptscratch.train.distributed import Dist, gather
+    from gptscratch.train.optim import build_optimizer
 
     dist.init_process_group("gloo")
     d = Dist(dist.get_rank(), dist.get_rank(), dist.get_world_size())

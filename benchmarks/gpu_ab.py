@@ -42,13 +42,13 @@ import torch
 if __package__ in (None, ""):  # run as a script (python3 benchmarks/gpu_ab.py): find the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import PeakMemory, alternate, sync
-from gptscratch.config import COMPILE_MODES, CUDAGRAPH_MODES
 from gptscratch.device import ATTENTION_BACKENDS, attention_backend
 from gptscratch.errors import UserError
 from gptscratch.mfu import flops_per_token
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.optim import configure_optimizer
 from gptscratch.precision import allow_tf32, autocast
+from gptscratch.train.config import COMPILE_MODES, CUDAGRAPH_MODES
+from gptscratch.train.optim import configure_optimizer
 
 DEFAULT_VARIANTS = "full,chunked,full+cudnn,chunked+cudnn,chunked+b128,full+cdt,full+max-autotune-no-cudagraphs"
 ATTENTION = tuple(a for a in ATTENTION_BACKENDS if a != "auto")

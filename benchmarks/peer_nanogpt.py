@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from val_scorer import score, score_run, split_tokens
 
-from gptscratch.config import PRESETS, resolve_config
+from gptscratch.train.config import PRESETS, resolve_config
 
 
 def nanogpt_workdir(nanogpt: Path, data: Path, work: Path) -> Path:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from val_scorer import score_run, split_tokens
 
-from gptscratch.config import resolve_config
 from gptscratch.plot import elapsed_seconds, read_metrics
+from gptscratch.train.config import resolve_config
 
 # each step adds its settings to everything before it
 ABLATION: list[tuple[str, list[str]]] = [
@@ -92,7 +92,7 @@ def train_run(data: Path, out: Path, preset: str, seed: int, settings: list[str]
 def cached_score(run: Path, data: Path, val, seq_len: int) -> float:
     """score_run, remembered in the run directory next to the checkpoint it scored (scoring every val window
     takes a minute or two on a CPU; a report over a dozen finished runs should not redo it)."""
-    from gptscratch.checkpoint import find_checkpoint
+    from gptscratch.train.checkpoint import find_checkpoint
 
     key = {"checkpoint": find_checkpoint(run).name, "data": str(data.resolve()), "val_tokens": int(len(val)),
            "seq_len": seq_len}

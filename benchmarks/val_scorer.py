@@ -37,7 +37,7 @@ def score(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], val: np
 
 def score_run(run_dir: Path, val: np.ndarray, seq_len: int) -> float:
     """A gptscratch run's newest checkpoint, scored."""
-    from gptscratch.checkpoint import load_model
+    from gptscratch.train.checkpoint import load_model
 
     model = load_model(run_dir).eval()
     return score(lambda x, y: model(x)[0], val, seq_len)[0]

@@ -43,11 +43,11 @@ from gptscratch import mfu
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 from gptscratch.generate import generate
-from gptscratch.hf import config_to_hf, to_hf_state_dict
+from gptscratch.hf.gpt2 import config_to_hf, to_hf_state_dict
 from gptscratch.mfu import flops_per_token
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.optim import configure_optimizer
 from gptscratch.precision import autocast
+from gptscratch.train.optim import configure_optimizer
 
 # Training shapes. vocab 50304 = GPT-2's 50257 padded to a multiple of 64 (FACTS.md); gpt2-124m keeps
 # the real 50257 in our config and pads it with vocab_multiple, and transformers gets 50304, so both

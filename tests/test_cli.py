@@ -7,10 +7,10 @@ import pickle
 import pytest
 import torch
 
-from gptscratch.checkpoint import save_checkpoint
 from gptscratch.cli import build_parser, main
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.tokenizer import get_encoding
+from gptscratch.train.checkpoint import save_checkpoint
 
 
 def test_every_subcommand_explains_itself(capsys):

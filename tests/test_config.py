@@ -6,8 +6,8 @@ import math
 import pytest
 
 from gptscratch.cli import main
-from gptscratch.config import TrainConfig, config_from_dict, numeric_fields_without_range, resolve_config
 from gptscratch.errors import UserError
+from gptscratch.train.config import TrainConfig, config_from_dict, numeric_fields_without_range, resolve_config
 
 
 def outside(meta: dict, kind: type) -> list:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gptscratch import testing
-from gptscratch.checkpoint import load_checkpoint, load_model
 from gptscratch.cli import main
 from gptscratch.io import read_safetensors
+from gptscratch.train.checkpoint import load_checkpoint, load_model
 
 from .test_train import gptscratch, halted, read_metrics, shards, train_losses  # noqa: F401  (shards: a fixture)
 

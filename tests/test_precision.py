@@ -51,7 +51,8 @@ def test_generate_and_hellaswag_run_in_the_dtype_they_are_given():
 
 
 def test_train_sample_and_eval_pass_their_dtype_on(monkeypatch, tmp_path, hf_tiny, capsys):
-    from gptscratch import cli, train
+    from gptscratch import cli
+    from gptscratch.train import loop as train
 
     hs = tmp_path / "hs.jsonl"
     hs.write_text('{"ctx": "A cat", "endings": ["sat.", "ran.", "is.", "x"], "label": 0}\n')

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from gptscratch.cli import main
-from gptscratch.config import ARCHS, resolve_config
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.optim import MuonAdamW, build_optimizer, lr_at
+from gptscratch.train.config import ARCHS, resolve_config
+from gptscratch.train.optim import MuonAdamW, build_optimizer, lr_at
 
 from .test_train import assert_ddp_equals_accumulation, shards, train_losses  # noqa: F401  (shards: a fixture)
 
@@ -66,7 +66,7 @@ def test_modern_recipe_learns_and_resumes_exactly(shards, tmp_path, capsys):  # 
     resumed = train_losses(tmp_path / "cut")
     assert sorted(resumed) == list(range(6, 12))
     assert resumed == pytest.approx({s: ref[s] for s in range(6, 12)}, rel=1e-5, abs=0)  # Muon's momentum carried
-    from gptscratch.checkpoint import load_checkpoint
+    from gptscratch.train.checkpoint import load_checkpoint
 
     a = load_checkpoint(tmp_path / "ref").load_model().state_dict()
     b = load_checkpoint(tmp_path / "cut").load_model().state_dict()
@@ -93,7 +93,7 @@ def test_modern_model_compiles_to_one_graph():
 
 
 def test_the_modern_arch_exports_as_qwen3():
-    from gptscratch.hf_modern import check_exportable
+    from gptscratch.hf.modern import check_exportable
 
     assert check_exportable(resolve_config("modern-demo").model_config()) == "qwen3"
     assert check_exportable(resolve_config("modern-124m").model_config()) == "qwen3"

@@ -18,10 +18,10 @@ import torch
 
 from gptscratch import testing
 from gptscratch.cli import build_parser, main, parse_args
-from gptscratch.config import TrainConfig, given_settings, resolve_config
 from gptscratch.errors import UserError
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.optim import configure_optimizer, lr_at, param_groups
+from gptscratch.train.config import TrainConfig, given_settings, resolve_config
+from gptscratch.train.optim import configure_optimizer, lr_at, param_groups
 
 TINY = ["--preset", "tiny", "--device", "cpu"]  # the default batch order: rows
 
@@ -195,8 +195,8 @@ def test_compile_mode_and_attention_reach_the_step(shards, tmp_path, monkeypatch
 def test_the_val_estimate_reads_the_same_rows_from_across_the_whole_split(tmp_path):
     """The trainer's val loss must stand for the split, not for its first documents, and compare between
     evaluations and between runs of other seeds: rows drawn from the whole split, the same ones every time."""
-    from gptscratch.distributed import Dist
-    from gptscratch.train import open_data
+    from gptscratch.train.distributed import Dist
+    from gptscratch.train.loop import open_data
 
     d = tmp_path / "data"
     d.mkdir()
@@ -321,7 +321,7 @@ def test_kill_during_checkpoint_write_keeps_previous_and_the_lock_holds_until_th
     assert len(list(ckpts.glob(".tmp-step_000008-*"))) == 1  # a refused run sweeps nothing
     p.send_signal(signal.SIGKILL)
     p.wait()
-    from gptscratch.checkpoint import load_checkpoint
+    from gptscratch.train.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run)
     assert saved.step == 4
@@ -359,7 +359,7 @@ def assert_ddp_equals_accumulation(common: list[str], tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    from gptscratch.checkpoint import load_model
+    from gptscratch.train.checkpoint import load_model
 
     a = load_model(tmp_path / "one").state_dict()
     b = load_model(tmp_path / "two").state_dict()
@@ -444,7 +444,7 @@ def test_resume_writes_only_into_the_named_directory(shards, tmp_path, capsys):
 
 
 def load_checkpoint_step(run: Path) -> int:
-    from gptscratch.checkpoint import load_checkpoint
+    from gptscratch.train.checkpoint import load_checkpoint
 
     return load_checkpoint(run).step
 
@@ -487,8 +487,8 @@ def test_nan_guard_names_a_checkpoint_whose_weights_give_a_finite_loss(shards, t
     bad_step = int(line.split("at step ")[1].split(";")[0])
     kept = sorted((run / "checkpoints").glob("step_*"))
     assert kept and kept[-1].name == f"step_{bad_step - 1:06d}" and f"last good checkpoint is {kept[-1]}" in line
-    from gptscratch.checkpoint import load_checkpoint
     from gptscratch.data.loader import TokenLoader
+    from gptscratch.train.checkpoint import load_checkpoint
 
     x, y = TokenLoader(shards, "val", batch_size=4, seq_len=32).next_batch()
     for c in kept:  # every checkpoint left resumes into a finite loss
@@ -535,19 +535,19 @@ def test_an_out_that_cannot_be_written_ends_in_one_line(shards, tmp_path, capsys
         ro.mkdir(mode=0o555)
         assert main(["train", *TINY, "--data", str(shards), "--out", str(ro / "run")]) == 2
         assert "Permission denied" in capsys.readouterr().err
-    import gptscratch.rundir
+    import gptscratch.train.rundir
 
     def read_only(*args):  # a read-only mount, which root meets too
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(gptscratch.rundir.os, "open", read_only)
+    monkeypatch.setattr(gptscratch.train.rundir.os, "open", read_only)
     assert main(["train", *TINY, "--data", str(shards), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'run' / 'train.lock'}: Read-only file system" in err and err.count("\n") == 1
 
 
 def test_a_locked_run_dir_stops_every_torchrun_rank(shards, tmp_path):
-    from gptscratch.rundir import RunLock
+    from gptscratch.train.rundir import RunLock
 
     run = tmp_path / "run"
     lock = RunLock(run)  # this process owns it

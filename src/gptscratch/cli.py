@@ -19,9 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptscratch import plot, train
-from gptscratch.checkpoint import find_checkpoint, load_model, run_dir_of
-from gptscratch.config import BoolFlag
+from gptscratch import plot
 from gptscratch.data import prepare
 from gptscratch.data.shards import find_shards
 from gptscratch.device import pick_device
@@ -33,6 +31,9 @@ from gptscratch.hf import check_export_dir, load_hf, save_hf
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from gptscratch.train import command as train_command
+from gptscratch.train.checkpoint import find_checkpoint, load_model, run_dir_of
+from gptscratch.train.config import BoolFlag
 
 # OSErrors the user fixes (space, permissions, a path through a file), not bugs: one line and exit 2
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "export.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     prepare.register(sub)
-    train.register(sub)
+    train_command.register(sub)
     register_model_commands(sub)
     plot.register(sub)
     register_bench(sub)

@@ -5,8 +5,8 @@ GPTSCRATCH_TEST_HALT naming a moment, read its stderr until it says it halted th
 The process halts for good at that moment, so the kill lands exactly there however loaded the machine
 is (a sleep-and-poll would land wherever the scheduler let it). The moments, one call each in the code:
 
-- `step:N`: after training step N-1, once N steps are done (train.py), to kill a run between checkpoints;
-- `checkpoint:N`: inside the write of checkpoint N, before its state.json (checkpoint.py), to kill a
+- `step:N`: after training step N-1, once N steps are done (train/loop.py), to kill a run between checkpoints;
+- `checkpoint:N`: inside the write of checkpoint N, before its state.json (train/checkpoint.py), to kill a
   half-written checkpoint;
 - `shard:N`: after `prepare` has written N shards (data/prepare.py), to kill it between shards.
 

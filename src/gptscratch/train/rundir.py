@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from gptscratch.checkpoint import list_checkpoints, run_dir_of, step_of
 from gptscratch.errors import UserError
 from gptscratch.io import write_json, write_text, writing
+from gptscratch.train.checkpoint import list_checkpoints, run_dir_of, step_of
 
 LOCK = "train.lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "loss.png")  # what a run writes beside checkpoints/

@@ -36,11 +36,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from gptscratch import checkpoint as ckpt
-from gptscratch.distributed import Dist, gather, on_master
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, writing
 from gptscratch.model import GPT
+from gptscratch.train import checkpoint as ckpt
+from gptscratch.train.distributed import Dist, gather, on_master
 
 
 def shard(model: GPT, d: Dist, device: torch.device, amp: torch.dtype | None) -> None:

@@ -14,12 +14,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from gptscratch.checkpoint import find_checkpoint, load_checkpoint, load_model
-from gptscratch.config import MODEL_OPTIONS, TrainConfig
 from gptscratch.errors import UserError
 from gptscratch.hf import load_hf, read_hf_config
-from gptscratch.hf_modern import is_gpt2
+from gptscratch.hf.modern import is_gpt2
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
+from gptscratch.train.config import MODEL_OPTIONS, TrainConfig
 
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", *MODEL_OPTIONS)
 
