@@ -39,7 +39,7 @@ def test_checkpoint_from_commit_1ae9fdd_resumes_with_its_losses(tmp_path):
     (lambda s: s.update(world_size=2), "step, world_size, config or loader_states has the wrong type or size"),
     (lambda s: s["loader_states"][0].update(step="7"), "loader state has step='7'"),
     (lambda s: s["model_config"].update(n_layer="2"), "model config n_layer='2': expected int"),
-    (lambda s: s["model_config"].update(dropout=float("nan")), "--dropout must be within [0, 1)"),
+    (lambda s: s["model_config"].update(dropout=float("nan")), "model config dropout=nan, rope_base"),
     (lambda s: s["config"].update(lr="fast"), "--lr 'fast': expected a number (in the config of"),
     (lambda s: s["config"].update(eval_batches=0), "--eval-batches 0: expected an integer >= 1"),
 ])

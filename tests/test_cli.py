@@ -78,7 +78,7 @@ def test_missing_model_directory(tmp_path, capsys):
     ("layer_norm_epsilon", "1e-5", "layer_norm_epsilon is '1e-5', expected int or float"),
     ("n_inner", "256", "n_inner is '256', expected int or null"),
     ("tie_word_embeddings", "no", "tie_word_embeddings is 'no', expected bool"),
-    ("n_layer", -1, "model config n_layer=-1 must be a positive integer"),
+    ("n_layer", -1, "model config n_layer=-1: expected a positive integer"),
 ])
 def test_hf_config_with_fields_of_the_wrong_type_fails_in_one_line(hf_tiny, capsys, field, value, message):
     _, path = hf_tiny

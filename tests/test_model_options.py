@@ -139,8 +139,8 @@ def test_softcap_in_the_chunked_loss_matches_autograd():
 
 
 def test_bad_options_are_refused_in_one_line():
-    for options, message in ((dict(pos_embedding="alibi"), "--pos-embedding 'alibi'"), (dict(mlp="geglu"), "--mlp"),
-                             (dict(norm="batch"), "--norm"), (dict(logit_softcap=-1.0), "softcap"),
+    for options, message in ((dict(pos_embedding="alibi"), "pos_embedding='alibi'"), (dict(mlp="geglu"), "mlp='geglu'"),
+                             (dict(norm="batch"), "norm='batch'"), (dict(logit_softcap=-1.0), "softcap"),
                              (dict(pos_embedding="rope", n_head=32), "even head size")):
         with pytest.raises(UserError, match=message):
             GPTConfig(n_embd=32, n_head=options.pop("n_head", 2), **options).validate()

@@ -50,7 +50,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """`atomic_path` for a directory: fill the temporary `.tmp-NAME-PID` beside `path`; renamed onto `path`
     as a whole when the block succeeds (an existing `path` is replaced only then). On an error the
     temporary directory is removed at once (a full disk gets its space back); a killed writer leaves it
-    behind, named so that the owner of the parent directory can sweep it (run_dir.py does for checkpoints).
+    behind, named so that the owner of the parent directory can sweep it (train/rundir.py does for checkpoints).
     """
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")

@@ -13,14 +13,22 @@ nanochat measured each). Each is a small branch where it applies; read the GPT-2
 
 from __future__ import annotations
 
+import functools
 import math
+import typing
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gptscratch.errors import UserError
+
+# The choices of the options below, named once: the training config's flags and the HF converters use these.
+PosEmbedding = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "relu2", "swiglu"]
 
 
 @dataclass
@@ -36,12 +44,12 @@ class GPTConfig:
     # shapes run faster on GPUs. The extra rows are never sampled and are dropped on export.
     vocab_multiple: int = 1
     # --- beyond GPT-2 (the defaults are GPT-2's) ---
-    pos_embedding: str = "learned"  # learned: a position table (GPT-2); rope: rotary, relative positions
+    pos_embedding: PosEmbedding = "learned"  # learned: a position table (GPT-2); rope: rotary, relative positions
     rope_base: float = 10000.0
-    norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm: no mean subtraction, no bias
+    norm: Norm = "layernorm"  # layernorm (GPT-2) or rmsnorm: no mean subtraction, no bias
     norm_weight: bool = True  # rmsnorm only: a learned gain; False is parameter-free
     qk_norm: bool = False  # RMSNorm of each head's q and k: bounded attention logits, a higher stable lr
-    mlp: str = "gelu"  # gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU, 3 matrices)
+    mlp: Mlp = "gelu"  # gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU, 3 matrices)
     tie_embeddings: bool = True  # the LM head is the token embedding (GPT-2)
     logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap); 0: off
     zero_init_proj: bool = False  # output projections (and an untied head) start at zero
@@ -59,28 +67,37 @@ class GPTConfig:
         return 4 * self.n_embd
 
     def validate(self) -> None:
+        """What the model needs of a config wherever it comes from (a run's flags, a checkpoint's state.json,
+        a transformers config.json), in the model's words: each field of its type (the options one of their
+        choices), sizes and values it can compute with, and the checks across fields. The `train` flags
+        check their own ranges first (gptscratch.train.config), so a user's mistake names its flag."""
         for f in fields(self):  # a config read from a damaged or hand-edited state.json may hold anything
-            value, kind = getattr(self, f.name), {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
-            if not isinstance(value, kind) or (isinstance(value, bool) and f.type != "bool"):
-                raise UserError(f"model config {f.name}={value!r}: expected {f.type}")
-        if not (0 <= self.dropout < 1 and math.isfinite(self.rope_base) and math.isfinite(self.logit_softcap)):
-            raise UserError("--dropout must be within [0, 1), --rope-base and --logit-softcap finite")
+            value, kind = getattr(self, f.name), _field_types()[f.name]
+            if typing.get_origin(kind) is Literal:
+                if value not in typing.get_args(kind):
+                    raise UserError(f"model config {f.name}={value!r}: expected one of "
+                                    f"{', '.join(typing.get_args(kind))}")
+            elif not isinstance(value, (int, float) if kind is float else kind) or (
+                    isinstance(value, bool) and kind is not bool):
+                raise UserError(f"model config {f.name}={value!r}: expected {kind.__name__}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
-                raise UserError(f"model config {name}={getattr(self, name)} must be a positive integer")
+                raise UserError(f"model config {name}={getattr(self, name)}: expected a positive integer")
+        if not (0 <= self.dropout < 1 and self.rope_base > 1 and 0 <= self.logit_softcap < math.inf):
+            raise UserError(f"model config dropout={self.dropout}, rope_base={self.rope_base}, logit_softcap="
+                            f"{self.logit_softcap}: expected a dropout in [0, 1), a rope base > 1 and a finite "
+                            "soft-cap >= 0")
         if self.n_embd % self.n_head:
-            raise UserError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        for name, valid in (("pos_embedding", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
-                            ("mlp", ("gelu", "relu2", "swiglu"))):
-            if getattr(self, name) not in valid:
-                flag = name.replace("_", "-")
-                raise UserError(f"--{flag} {getattr(self, name)!r}: expected one of {', '.join(valid)}")
+            raise UserError(f"model config n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise UserError(f"rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
-        if not self.logit_softcap >= 0 or not self.rope_base > 1:
-            raise UserError("--logit-softcap must be >= 0 and --rope-base > 1")
+            raise UserError(f"rotary positions need an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
         if (self.norm == "rmsnorm" or self.qk_norm) and not hasattr(nn, "RMSNorm"):
             raise UserError(f"rmsnorm and qk_norm need torch >= 2.4 (nn.RMSNorm); this is torch {torch.__version__}")
+
+
+@functools.cache
+def _field_types() -> dict[str, typing.Any]:
+    return typing.get_type_hints(GPTConfig)
 
 
 RMS_EPS = 1e-6  # the epsilon of every RMSNorm (Qwen3's default, so exports match it exactly)

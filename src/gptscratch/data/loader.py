@@ -15,8 +15,10 @@ is `shuffle`:
 - `shards`: llm.c's stream exactly. The stream is cut into windows of B*T consecutive tokens (plus
   one for y), with the shard order drawn afresh each epoch (FineWeb-Edu's shards differ in style,
   and a fixed order makes the loss periodic, build-nanogpt #52).
-- `none`: the same windows in name order, every epoch alike. Validation always reads this way, so
-  every evaluation sees the same batches.
+- `none`: the same windows in name order, every epoch alike.
+
+The trainer's val estimate reads `rows` with seed 0, so every evaluation sees the same rows, drawn from the
+whole split; `gptscratch eval loss` reads every window.
 
 Windows and rows may span two shards, so nothing is dropped but the tail of the split shorter than
 one window or row. At a seam between two shards the text jumps without an <|endoftext|>: one such

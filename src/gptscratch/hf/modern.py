@@ -10,6 +10,8 @@ biases) are refused with the option named, rather than exported into a model tha
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -18,8 +20,10 @@ from gptscratch.errors import UserError
 from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, RMS_EPS, GPTConfig
 
-GPT2_OPTIONS = dict(pos_embedding="learned", norm="layernorm", qk_norm=False, mlp="gelu", tie_embeddings=True,
-                    logit_softcap=0.0)
+# The options that change what GPT-2 computes, at GPT-2's values (GPTConfig's defaults): rope_base, norm_weight
+# and zero_init_proj mean nothing without rope, rmsnorm and at load time.
+GPT2_OPTIONS = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+                if f.name in ("pos_embedding", "norm", "qk_norm", "mlp", "tie_embeddings", "logit_softcap")}
 
 
 def is_gpt2(config: GPTConfig) -> bool:
@@ -132,6 +136,7 @@ def config_from_hf(cfg: dict, source: str) -> GPTConfig:
             (abs(float(cfg.get("rms_norm_eps", RMS_EPS)) - RMS_EPS) < 1e-12, f"rms_norm_eps (ours is {RMS_EPS})"),
             (not cfg.get("attention_bias") and not cfg.get("mlp_bias"), "biases"),
             (rope.get("rope_type", "default") == "default" and not cfg.get("rope_scaling"), "rope scaling"),
+            (math.isfinite(config.rope_base) and config.rope_base > 1, f"rope_theta {config.rope_base}"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source}: missing or malformed {model_type} config field ({e})") from None

@@ -10,7 +10,7 @@ consolidates it into a whole model, so `sample`, `eval` and `export` read either
 It is written under a temporary name and renamed into place (io.atomic_dir), so a reader sees a complete
 checkpoint or none; the previous one stays until the new one is complete. A full disk ends the write with a
 one-line error and removes the partial directory; a killed writer's `.tmp-step_*` is swept by the next run
-that takes the directory's lock (run_dir.py).
+that takes the directory's lock (train/rundir.py).
 """
 
 from __future__ import annotations

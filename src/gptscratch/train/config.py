@@ -21,7 +21,7 @@ from typing import Any, Literal
 from gptscratch.data.loader import shuffle_mode
 from gptscratch.device import Attention
 from gptscratch.errors import UserError
-from gptscratch.model import GPTConfig
+from gptscratch.model import GPTConfig, Mlp, Norm, PosEmbedding
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.precision import DTYPE_HELP, Dtype
 
@@ -60,15 +60,15 @@ class TrainConfig:
     arch: Literal["gpt2", "modern"] = setting(
         "gpt2", "gpt2: exactly GPT-2; modern: rope, parameter-free rmsnorm, qk-norm, swiglu, an untied head, "
         "zero-init projections and no biases, which exports as Qwen3 (the options below override single pieces)")
-    pos_embedding: Literal["learned", "rope"] = setting(
+    pos_embedding: PosEmbedding = setting(
         "learned", "learned: a position table (GPT-2); rope: rotary, relative positions")
     rope_base: float = setting(10000.0, "rope's frequency base: channel pair i turns base^(-2i/head_dim) radians a "
                                "position", above=1)
-    norm: Literal["layernorm", "rmsnorm"] = setting("layernorm", "layernorm (GPT-2), or rmsnorm: no mean "
+    norm: Norm = setting("layernorm", "layernorm (GPT-2), or rmsnorm: no mean "
                                                     "subtraction, no bias")
     norm_weight: bool = setting(True, "rmsnorm with a learned gain (false: parameter-free)")
     qk_norm: bool = setting(False, "RMSNorm of each head's q and k: bounded attention logits, a higher stable lr")
-    mlp: Literal["gelu", "relu2", "swiglu"] = setting(
+    mlp: Mlp = setting(
         "gelu", "gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated SiLU: three matrices, 2/3 as wide)")
     tie_embeddings: bool = setting(True, "the LM head is the token embedding (GPT-2)")
     logit_softcap: float = setting(0.0, "> 0: logits = cap * tanh(logits / cap); 0: off", min=0)
@@ -162,8 +162,9 @@ class TrainConfig:
         return self.out or f"runs/{self.preset}"
 
 
-MODEL_OPTIONS = ("pos_embedding", "rope_base", "norm", "norm_weight", "qk_norm", "mlp", "tie_embeddings",
-                 "logit_softcap", "zero_init_proj")
+# The model's options beyond GPT-2: GPTConfig's fields after vocab_multiple, each a setting of the same name.
+_MODEL_FIELDS = [f.name for f in dataclasses.fields(GPTConfig)]
+MODEL_OPTIONS = tuple(_MODEL_FIELDS[_MODEL_FIELDS.index("vocab_multiple") + 1:])
 ARCHS: dict[str, dict] = {
     "gpt2": {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in (*MODEL_OPTIONS, "bias")},
     # chosen by the ablation in benchmarks/RESULTS.md ("Two recipes"): SwiGLU without the soft-cap trained a
@@ -187,25 +188,22 @@ def _gpt3(n_layer: int, n_head: int, n_embd: int, lr: float, total: int, micro: 
     )
 
 
+# About 5 minutes on 2 CPU cores: a falling loss and word-like Shakespeare. float32, because at this
+# width bf16 autocast measured 25% slower on an AVX512-BF16 CPU for the same loss curve
+# (benchmarks/RESULTS.md, "demo: bf16 against float32").
+_DEMO = dict(
+    dtype="float32",
+    n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
+    warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
+    sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
+)
+
 PRESETS: dict[str, dict] = {
-    # About 5 minutes on 2 CPU cores: a falling loss and word-like Shakespeare. float32, because at this
-    # width bf16 autocast measured 25% slower on an AVX512-BF16 CPU for the same loss curve
-    # (benchmarks/RESULTS.md, "demo: bf16 against float32").
-    "demo": dict(
-        dtype="float32",
-        n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
-        warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
-        sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
-    ),
-    # The demo's shape, data, batch and steps with the modern recipe (the architecture ARCHS["modern"],
-    # Muon for the blocks' matrices, warmup-stable-decay): about as long on 2 CPU cores, a lower val
-    # loss sooner (benchmarks/RESULTS.md, "Two recipes").
-    "modern-demo": dict(
-        dtype="float32", arch="modern", optimizer="muon", schedule="wsd",
-        n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, total_batch_tokens=0, lr=3e-3,
-        warmup_steps=30, max_steps=300, eval_interval=50, eval_batches=8, ckpt_interval=100,
-        sample_prompt="\nKing.\n", num_samples=2, sample_tokens=80, weight_decay=0.1,
-    ),
+    "demo": _DEMO,
+    # The demo's shape, data, batch and steps with the modern recipe (the architecture ARCHS["modern"], Muon
+    # for the blocks' matrices, warmup-stable-decay): about as long on 2 CPU cores, a lower val loss sooner
+    # (benchmarks/RESULTS.md, "Two recipes").
+    "modern-demo": {**_DEMO, "arch": "modern", "optimizer": "muon", "schedule": "wsd"},
     # Seconds: for tests and for trying flags. float32: bit-for-bit repeatable on a CPU (bf16 autocast
     # on a CPU is not always: oneDNN may pick a different bf16 kernel in another process).
     "tiny": dict(

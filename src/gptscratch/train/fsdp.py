@@ -41,6 +41,7 @@ from gptscratch.io import atomic_dir, writing
 from gptscratch.model import GPT
 from gptscratch.train import checkpoint as ckpt
 from gptscratch.train.distributed import Dist, gather, on_master
+from gptscratch.train.optim import restore_peak_lr
 
 
 def shard(model: GPT, d: Dist, device: torch.device, amp: torch.dtype | None) -> None:
@@ -121,21 +122,18 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: GPT, optimizer, config: di
 
 def load_checkpoint(saved: ckpt.Checkpoint, model: GPT, optimizer) -> None:
     """The weights and optimizer state of an FSDP checkpoint into this run's sharded model and optimizer,
-    resharded by DCP to this run's world size. Each param group keeps this run's `peak_lr` (as
-    optim.load_optimizer_state does)."""
+    resharded by DCP to this run's world size, each param group keeping this run's `peak_lr`."""
     if not saved.sharded:
         raise UserError(f"{saved.path}: was saved by --parallel ddp; resume it with --parallel ddp")
     optimizers = _optimizers(optimizer)
-    peaks = [group["peak_lr"] for group in optimizer.param_groups]
     model_state, optim_state = get_state_dict(model, optimizers)
     try:
         dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=saved.path / "dcp")
     except CheckpointException as e:
         raise UserError(f"{saved.path / 'dcp'}: cannot be loaded ({_first_line(e)}); truncated, or another "
                         "model or optimizer") from None
-    set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
-    for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-        group["peak_lr"] = peak
+    with restore_peak_lr(optimizer):
+        set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -161,13 +163,20 @@ def build_optimizer(model: nn.Module, cfg, device_type: str):
     return opt
 
 
-def load_optimizer_state(optimizer, state: dict) -> None:
-    """`optimizer.load_state_dict(state)`, keeping each group's `peak_lr` from this run's config: loading
-    replaces the groups' settings, and a checkpoint saved before groups had their own peaks has none."""
+@contextlib.contextmanager
+def restore_peak_lr(optimizer) -> Iterator[None]:
+    """Around a load of saved optimizer state: each group keeps the `peak_lr` of this run's config, since
+    loading replaces the groups' settings, and a checkpoint saved before groups had their own peaks has none."""
     peaks = [group["peak_lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    yield
     for group, peak in zip(optimizer.param_groups, peaks, strict=True):
         group["peak_lr"] = peak
+
+
+def load_optimizer_state(optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, each group keeping this run's `peak_lr`."""
+    with restore_peak_lr(optimizer):
+        optimizer.load_state_dict(state)
 
 
 def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int, schedule: str = "cosine",
