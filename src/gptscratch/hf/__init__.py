@@ -17,6 +17,7 @@ from gptscratch.errors import UserError
 from gptscratch.hf.gpt2 import config_from_hf, load_gpt2, write_gpt2
 from gptscratch.hf.modern import check_exportable, is_gpt2, load_modern, write_modern
 from gptscratch.hf.modern import config_from_hf as modern_config_from_hf
+from gptscratch.hf.tokenizer import write_tokenizer
 from gptscratch.io import atomic_dir, read_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
 
@@ -104,8 +105,9 @@ def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
 
 
 def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write config.json and model.safetensors that transformers loads unchanged, as a directory renamed into
-    place whole (io.atomic_dir): a failure leaves no half export, and a replaced one no stale files.
+    """Write config.json, model.safetensors and GPT-2's tokenizer files (`hf.tokenizer`), which transformers
+    loads unchanged and offline, as a directory renamed into place whole (io.atomic_dir): a failure leaves no
+    half export, and a replaced one no stale files.
 
     A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf.modern). A
     non-empty `directory` is refused unless `overwrite`, which replaces it only if it holds a config.json
@@ -125,6 +127,7 @@ def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -
             out.parent.mkdir(parents=True)
     with atomic_dir(out) as tmp:
         write(model, tmp)
+        write_tokenizer(tmp, model.config.block_size)
     return Path(directory)
 
 
