@@ -74,6 +74,20 @@ def test_fused_cross_entropy_matches_plain_loss_and_grads():
         assert abs(fused_linear_cross_entropy(x, w, t, chunk_tokens=8).item() - ref.item()) < 1e-5
 
 
+def test_per_token_losses_equal_plain_cross_entropy_on_both_paths_with_ignored_targets():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=300, n_layer=1, n_head=2, n_embd=32)).eval()
+    x, y = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16))
+    y[0, :5] = -1
+    with torch.no_grad():
+        logits, _ = model(x)
+        expected = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none").view(3, 16)
+        _, chunked = model(x, y, return_logits=False, loss_reduction="none")
+        _, full = model(x, y, loss_reduction="none")
+    assert chunked.shape == full.shape == (3, 16) and (chunked[0, :5] == 0).all()
+    assert torch.allclose(chunked, expected, atol=1e-5) and torch.allclose(full, expected, atol=1e-5)
+
+
 def test_chunked_loss_runs_its_matmuls_in_the_dtype_it_is_given():
     # the dtype comes as an argument: an autocast around the call is not read back
     torch.manual_seed(0)

@@ -229,6 +229,17 @@ def test_train_end_to_end(shards, tmp_path, capsys):
     assert sorted(losses) == list(range(12))
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 6, 11]
     assert losses[11] < losses[0]
+    # val bits per byte: the same summed nats over the UTF-8 bytes of the same val rows' targets
+    from gptscratch.tokenizer import get_encoding
+    from gptscratch.train.config import config_from_dict
+    from gptscratch.train.distributed import Dist
+    from gptscratch.train.loop import open_data
+
+    _, val = open_data(config_from_dict(cfg), Dist())
+    targets = [t for _ in range(cfg["eval_batches"]) for t in val.next_batch()[1].flatten().tolist()]
+    text_bytes = sum(len(get_encoding().decode_single_token_bytes(t)) for t in targets)
+    last = [r for r in rows if "val_loss" in r][-1]
+    assert last["val_bpb"] == pytest.approx(last["val_loss"] * len(targets) / math.log(2) / text_bytes, rel=1e-5)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000006", "step_000012"]
     assert (out / "loss.png").stat().st_size > 1000
     # the checkpoint samples and exports to a directory transformers loads

@@ -379,8 +379,12 @@ class GPT(nn.Module):
         return_logits: bool = True,
         amp: torch.dtype | None = None,
         last_only: bool = False,
+        loss_reduction: str = "mean",
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return (logits over every position, mean cross-entropy against `targets` or None).
+
+        `loss_reduction="none"` (evaluation, no gradients): each position's loss instead of the mean, (B, T),
+        0 where the target is -1; bits per byte weighs each token's loss by the bytes it stands for.
 
         `last_only` (sampling, without targets): logits for the last position alone, (B, 1, vocab). A prompt's
         other positions are never read when sampling, and their head is a large share of a prefill's work
@@ -394,7 +398,9 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, cache)
         cap = self.config.logit_softcap
         if targets is not None and not return_logits:
-            return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, amp, softcap=cap)
+            loss = fused_linear_cross_entropy(x, self.lm_head.weight, targets, amp, softcap=cap,
+                                              reduction=loss_reduction)
+            return None, loss.view(targets.shape) if loss_reduction == "none" else loss
         if last_only:
             if targets is not None:
                 raise ValueError("last_only gives no loss: the targets need every position's logits")
@@ -404,7 +410,9 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1,
+                                   reduction=loss_reduction)
+            loss = loss.view(targets.shape) if loss_reduction == "none" else loss
         return logits, loss
 
     def new_cache(
@@ -469,9 +477,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 def fused_linear_cross_entropy(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, amp: torch.dtype | None = None,
-    chunk_tokens: int = 2048, softcap: float = 0.0,
+    chunk_tokens: int = 2048, softcap: float = 0.0, reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore).
+    """Mean cross-entropy of the logits `x @ weight.T` against `targets` (-1 = ignore); with
+    `reduction="none"` (no gradients) each row's loss, 0 for an ignored one.
 
     The matmuls run in `amp` (the caller's autocast dtype, None for float32), as autocast would run them;
     the softmax and the loss in float32; `softcap` > 0 squashes the logits to cap * tanh(z / cap) first.
@@ -489,15 +498,20 @@ def fused_linear_cross_entropy(
     targets = targets.reshape(-1)
     with torch.autocast(device_type=x.device.type, enabled=False):
         if torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad):
+            if reduction != "mean":
+                raise ValueError("the chunked loss gives per-token losses without gradients only")
             return _FusedLinearCrossEntropy.apply(x2, weight, targets, chunk, softcap)
         # evaluation: the same loss, without computing gradients nobody will use
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        losses = []
         for i in range(0, x2.size(0), chunk):
             logits = (x2[i : i + chunk] @ weight.t()).float()
             if softcap:
                 logits = softcap * torch.tanh(logits / softcap)
-            total += F.cross_entropy(logits, targets[i : i + chunk], ignore_index=-1, reduction="sum")
-        return total / (targets != -1).sum().clamp(min=1)
+            losses.append(F.cross_entropy(logits, targets[i : i + chunk], ignore_index=-1, reduction="none"))
+        per_row = torch.cat(losses)
+        if reduction == "none":
+            return per_row
+        return per_row.sum() / (targets != -1).sum().clamp(min=1)
 
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "fused_linear_cross_entropy"]

@@ -12,6 +12,7 @@ import importlib.resources
 import os
 import threading
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
@@ -68,3 +69,14 @@ def get_encoding() -> tiktoken.Encoding:
         mergeable_ranks=ranks,
         special_tokens={"<|endoftext|>": EOT_TOKEN},
     )
+
+
+@functools.lru_cache(maxsize=1)
+def token_bytes() -> np.ndarray:
+    """The UTF-8 bytes each token id stands for (int64, one per id); 0 for `<|endoftext|>`, which marks a
+    document's end and is no text. Bits per byte weighs losses by these, as nanochat's `val_bpb` does."""
+    enc = get_encoding()
+    sizes = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
+    for special in enc.special_tokens_set:
+        sizes[enc.encode_single_token(special)] = 0
+    return sizes

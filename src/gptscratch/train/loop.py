@@ -36,7 +36,7 @@ from gptscratch.model import GPT
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.plot import plot_runs
 from gptscratch.precision import allow_tf32, autocast, autocast_dtype
-from gptscratch.tokenizer import get_encoding
+from gptscratch.tokenizer import get_encoding, token_bytes
 from gptscratch.train import checkpoint as ckpt
 from gptscratch.train import fsdp, rundir
 from gptscratch.train.config import (
@@ -249,19 +249,25 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
 
 
 @torch.no_grad()
-def estimate_val_loss(run: Run) -> float:
+def estimate_val_loss(run: Run) -> tuple[float, float]:
+    """(val loss, val bits per byte) over `eval_batches` batches of val rows, every rank's together. Bits per
+    byte weighs each token's loss by the UTF-8 bytes it stands for (`evaluate.loss` says how)."""
     model = run.raw_model
     model.eval()
     run.val_loader.reset()  # the same val batches every time, so evaluations compare
-    total = torch.zeros((), device=run.device)
+    sizes = torch.from_numpy(token_bytes()).to(run.device)
+    sums = torch.zeros(3, device=run.device)  # nats over every target, nats over text targets, their bytes
     for _ in range(run.cfg.eval_batches):
         x, y = run.val_loader.next_batch()
         x, y = x.to(run.device), y.to(run.device)
         with autocast(run.device, run.amp):
-            _, loss = model(x, y, return_logits=False, amp=run.amp)
-        total += loss.detach().float()
+            _, losses = model(x, y, return_logits=False, amp=run.amp, loss_reduction="none")
+        nbytes = sizes[y]
+        sums += torch.stack([losses.sum(), losses[nbytes > 0].sum(), nbytes.sum()]).float()
     model.train()
-    return float(all_reduce_mean(total / run.cfg.eval_batches, run.d))
+    nats, text_nats, text_bytes = all_reduce_mean(sums, run.d).tolist()
+    tokens = run.cfg.eval_batches * run.cfg.batch_size * run.cfg.seq_len
+    return nats / tokens, text_nats / math.log(2) / max(text_bytes, 1)
 
 
 def samples(run: Run) -> list[str]:
@@ -280,8 +286,8 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
     """The evaluations due before `step`: val loss (returned, None if not due), HellaSwag, samples."""
     cfg, val = run.cfg, None
     if cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or last_step):
-        val = estimate_val_loss(run)
-        run.log.write(step=step, val_loss=val)
+        val, bpb = estimate_val_loss(run)
+        run.log.write(step=step, val_loss=val, val_bpb=bpb)
     if run.hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
         hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
                             amp=run.amp)
