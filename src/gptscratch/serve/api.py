@@ -1,7 +1,8 @@
 """The HTTP side of `gptscratch serve`: OpenAI's completions API over the batched engine, and the page.
 
 Routes: `POST /v1/completions` (OpenAI's legacy completions shape, streamed as server-sent events when
-`stream` is true), `GET /v1/models`, `GET /health` and `GET /` (the playground page, one static file).
+`stream` is true), `GET /v1/models`, `GET /health`, `GET /` (the playground page, one static file), and the
+tokenizer for evaluators: `GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize`.
 Every error is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the field at fault
 in `param`, so the `openai` client raises the matching exception (BadRequestError, RateLimitError, ...).
 """
@@ -359,6 +360,63 @@ async def health(request: HttpRequest) -> Response:
                          "auth": server.api_key is not None, **stats}, status_code=200 if ok else 503)
 
 
+# --- the tokenizer, for evaluators ---------------------------------------------------------------
+# vLLM's shapes, which lm-evaluation-harness's remote tokenizer reads (its `auto` backend finds these routes,
+# so `lm_eval --model local-completions` needs only the server's URL, no tokenizer directory or hub access).
+# A special token written in a text is encoded as such, as transformers does: `<|endoftext|>` is one id.
+
+
+def _authorized(request: HttpRequest) -> Server:
+    server: Server = request.app.state.server
+    server.check_auth(request)
+    return server
+
+
+async def tokenizer_info(request: HttpRequest) -> Response:
+    try:
+        server = _authorized(request)
+    except ApiError as e:
+        return e.response()
+    enc, context = server.engine.enc, server.engine.model.config.block_size
+    eot = enc.decode([EOT_TOKEN])
+    return JSONResponse({"tokenizer_class": "tiktoken", "name": enc.name, "vocab_size": enc.n_vocab,
+                         "eos_token": eot, "bos_token": eot, "pad_token": None, "model_max_length": context,
+                         "max_model_len": context})
+
+
+async def tokenize(request: HttpRequest) -> Response:
+    try:
+        server = _authorized(request)
+        body = await server.read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        text = _typed(body, "prompt", (str,), "a string")
+        if text is None:
+            raise ApiError(400, "'prompt' is required: the text to tokenize", "prompt")
+        _typed(body, "add_special_tokens", (bool,), "true or false")  # GPT-2 adds none either way
+        tokens = server.engine.enc.encode(text, allowed_special="all")
+    except ApiError as e:
+        return e.response()
+    return JSONResponse({"tokens": tokens, "count": len(tokens),
+                         "max_model_len": server.engine.model.config.block_size})
+
+
+async def detokenize(request: HttpRequest) -> Response:
+    try:
+        server = _authorized(request)
+        body = await server.read_json(request)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        n_vocab = server.engine.enc.n_vocab
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise ApiError(400, "'tokens' must be a list of token ids", "tokens")
+        bad = [t for t in tokens if not 0 <= t < n_vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})", "tokens")
+    except ApiError as e:
+        return e.response()
+    return JSONResponse({"prompt": server.engine.enc.decode(tokens)})
+
+
 async def page(request: HttpRequest) -> Response:
     html = resources.files("gptscratch.serve").joinpath("page.html").read_text(encoding="utf-8")
     return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
@@ -375,6 +433,8 @@ def make_app(server: Server) -> Starlette:
     app = Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/tokenizer_info", tokenizer_info), Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
     ], exception_handlers={404: not_found, 405: not_found})
     app.state.server = server
     return app
