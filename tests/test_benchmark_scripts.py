@@ -2,7 +2,6 @@
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from recipes import seconds_to_reach  # noqa: E402
-from val_scorer import score  # noqa: E402
+from benchmarks.recipes import seconds_to_reach
+from benchmarks.val_scorer import score
 
 
 def test_score_reads_every_window_once():
@@ -52,7 +50,7 @@ def test_serve_bench_runs_both_modes_on_the_same_requests(tmp_path):
 
 def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not_imported(tmp_path, monkeypatch,
                                                                                             capsys):
-    from recipes import timing
+    from benchmarks.recipes import timing
 
     monkeypatch.chdir(tmp_path)  # the runs' default corpus is written under the working directory
     src = Path(__file__).resolve().parent.parent / "src"
@@ -67,7 +65,7 @@ def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not
 
 
 def test_report_counts_a_run_shared_by_two_logs_once_and_reads_steps_to_the_target(tmp_path, capsys):
-    from recipes import report
+    from benchmarks.recipes import report
 
     def run(name: str, seed: int, val: list[tuple[int, float]], score: float) -> dict:
         d = tmp_path / f"{name}-{seed}"

@@ -15,7 +15,6 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.vs_transformers import hf_twin
-from gptscratch import cli
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--device", "cpu", "--repeats", "2"]
 
@@ -80,7 +79,7 @@ def test_bench_prepare_prints_table_and_json(capsys):
 
 
 def test_bench_gpu_dry_run_survives_oom_and_writes_summary(tmp_path, capsys):
-    # --no-compile keeps this test short; `bash benchmarks/gpu.sh --dry-run` exercises compile too
+    # --no-compile keeps this test short; `bash benchmarks/gpu.sh --dry-run --parts bench` exercises compile too
     rc = main(["gpu", "--dry-run", "--no-compile", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -96,7 +95,7 @@ def test_bench_gpu_dry_run_survives_oom_and_writes_summary(tmp_path, capsys):
 def run_gpu_ab(*args, tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OUT": str(tmp_path)}
-    return subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_ab.py"), *args], env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks", "gpu-ab", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -123,11 +122,45 @@ def test_bench_rejects_bad_shapes(capsys):
     assert "--batch-sizes" in capsys.readouterr().err
 
 
-def test_gptscratch_bench_forwards_to_the_checkouts_benchmarks(capsys):
-    # `gptscratch bench ...` is `python -m benchmarks ...` when the package runs from a checkout
-    rc = cli.main(["bench", "train", *TINY, "--seq-len", "8", "--batch-size", "1", "--vocab-size", "64",
-                   "--steps-per-repeat", "1", "--warmup", "1", "--json"])
+def test_python_m_benchmarks_runs_from_the_checkouts_root_and_errors_in_one_line(tmp_path):
+    # `python -m benchmarks NAME` is the one way to run a benchmark (they are not installed with the package)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    p = bench("train", *TINY, "--seq-len", "8", "--batch-size", "1", "--vocab-size", "64", "--steps-per-repeat", "1",
+              "--warmup", "1", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert last_json(p.stdout)["bench"] == "train"
+    p = bench("generate", "--batch-sizes", "1,x")
+    assert p.returncode == 2 and p.stderr.startswith("python -m benchmarks generate: error: --batch-sizes")
+    p = bench("loader", "--no-such-flag")  # only train-check passes flags it does not know on (to gptscratch train)
+    assert p.returncode == 2 and "unrecognized arguments: --no-such-flag" in p.stderr
+
+
+def test_every_benchmark_is_python_m_benchmarks_name_and_none_is_a_script_of_its_own():
+    from benchmarks.__main__ import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "bench_command")
+    assert set(sub.choices) == {"train", "generate", "prepare", "serve", "loader", "fsdp-memory", "nanogpt",
+                                "recipes", "gpu", "gpu-ab", "train-check"}
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = sorted(p.name for p in folder.glob("*.py") if '__name__ == "__main__"' in p.read_text())
+    assert scripts == ["__main__.py", "fsdp_memory.py"]  # fsdp_memory.py: the worker torchrun starts on each rank
+    assert sorted(p.name for p in folder.glob("*.sh")) == ["gpu.sh"]
+
+
+def test_train_check_dry_run_trains_evaluates_and_passes_train_flags_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    rc = main(["train-check", "--dry-run", "--tag", "t", "--max-steps", "4", "--seq-len", "16",
+               "--hellaswag-interval", "2", "--sample-tokens", "2"])
+    out = capsys.readouterr().out
     assert rc == 0
-    assert last_json(capsys.readouterr().out)["bench"] == "train"
-    assert cli.main(["bench", "generate", "--batch-sizes", "1,x"]) == 2
-    assert capsys.readouterr().err.startswith("gptscratch bench generate: error: --batch-sizes")
+    result = last_json(out)
+    assert result["train_tokens_per_s_median"] > 0 and result["mfu_median"] is None  # no MFU on a CPU
+    assert [r["step"] for r in result["hellaswag"]] == [2, 3] and result["hellaswag"][0]["hellaswag_n"] == 200
+    metrics = (tmp_path / "train_check_t_metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(line).get("step", -1) for line in metrics) == 3  # --max-steps 4 reached train

@@ -166,12 +166,13 @@ def test_fsdp_checkpoint_layout(shards, tmp_path):  # noqa: F811
 
 
 def test_fsdp_holds_half_of_ddps_parameter_gradient_and_optimizer_bytes_per_rank(tmp_path):
-    # benchmarks/fsdp_memory.py counts each rank's local tensors; 2 ranks: 16 bytes a parameter under DDP
-    # (float32 weights, gradients, AdamW's two moments), 8 under FSDP (plus AdamW's step counters)
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fsdp_memory.py"
-    p = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--steps", "1", "--json",
-                        str(tmp_path / "m.json")], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                       text=True, timeout=300)
+    # `python -m benchmarks fsdp-memory` counts each rank's local tensors; 2 ranks: 16 bytes a parameter under
+    # DDP (float32 weights, gradients, AdamW's two moments), 8 under FSDP (plus AdamW's step counters)
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-m", "benchmarks", "fsdp-memory", "--preset", "tiny", "--steps", "1", "--json",
+                        str(tmp_path / "m.json")], cwd=root,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")},
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     ddp, sharded = json.loads((tmp_path / "m.json").read_text())
     for result, per_param in ((ddp, 16), (sharded, 8)):

@@ -1,9 +1,9 @@
 """The `gptscratch` command: one parser, a subcommand for each step of the journey.
 
 `prepare`, `train` and `plot` are registered by the modules they drive; `sample`, `export` and `eval`, which
-load a model and call one library function, are here, with the `bench` shim. Data flows one way: this
-module imports the others, and nothing imports it. Every error a user can fix, argparse's included, ends
-as one line on stderr and exit code 2; so does an OSError of the environment (a full disk, no permission).
+load a model and call one library function, are here. Data flows one way: this module imports the others,
+and nothing imports it. Every error a user can fix, argparse's included, ends as one line on stderr and
+exit code 2; so does an OSError of the environment (a full disk, no permission).
 """
 
 from __future__ import annotations
@@ -286,28 +286,6 @@ def register_model_commands(sub) -> None:
     h.set_defaults(func=cmd_loss)
 
 
-# --- bench ---------------------------------------------------------------------------------------
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Forward to the benchmarks of the source checkout this package runs from; they are not installed with it."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "benchmarks" / "__main__.py").is_file():
-        raise UserError("the benchmarks are not installed with the package: run them from a clone of the "
-                        "repository, as `python -m benchmarks ...` in its root (see benchmarks/README.md)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.__main__ import main as benchmarks_main  # only here: it exists only in a checkout
-
-    return benchmarks_main(args.rest, prog="gptscratch bench")
-
-
-def register_bench(sub) -> None:
-    p = sub.add_parser("bench", add_help=False, help="benchmarks against transformers and tiktoken, from a checkout "
-                       "(the same as `python -m benchmarks`: train, generate, prepare, gpu)")
-    p.set_defaults(func=cmd_bench, takes_rest=True)  # every argument, --help included, goes to the benchmarks
-
-
 # --- the parser ----------------------------------------------------------------------------------
 
 
@@ -319,7 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.register(sub)
     register_model_commands(sub)
     plot.register(sub)
-    register_bench(sub)
     return parser
 
 
@@ -338,8 +315,7 @@ def dashes(argv: list[str]) -> list[str]:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     args, rest = parser.parse_known_args(dashes(argv))
-    args.rest = rest
-    if rest and not getattr(args, "takes_rest", False):
+    if rest:
         name = " ".join(["gptscratch", *([args.command] if args.command else [])])
         close = difflib.get_close_matches(rest[0].partition("=")[0], getattr(args, "known_flags", []), n=1)
         hint = f"; did you mean {close[0]}? ({name} --help lists every setting)" if close else ""
