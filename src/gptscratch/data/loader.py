@@ -7,7 +7,7 @@ is `shuffle`:
   (row k is tokens [k*T, k*T + T]; the last token of a row is the first of the next, as y needs),
   and each epoch visits every row exactly once, in a seeded random order. A batch is B rows from
   anywhere in the split, so one step's gradient sees many places in the corpus rather than one
-  scene of one play: on a one-shard corpus this was worth 0.25 nats at the demo's size against
+  scene of one play: on a one-shard corpus this was worth about 0.27 nats at the demo's size against
   nanoGPT, which draws each row at a random offset (benchmarks/RESULTS.md). The order is a bijective
   hash of the row index (a keyed Feistel network over the next power of four, cycle-walked back
   into [0, rows)), so no permutation is materialised: memory is flat and a lookup is O(1) however
