@@ -506,6 +506,15 @@ def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConf
         raise UserError(f"--preset {settings['preset']}: {saved.path} was trained with --preset "
                         f"{saved.config.get('preset')}, and a resumed run keeps its saved config; drop --preset, or "
                         "give the single settings to change")
+    # A resumed run's weights are its checkpoint's: another --init-from would be recorded as its source in
+    # config.json (and reported as what it was fine-tuned from) without a weight of it being read. The same
+    # source as the checkpoint's is accepted, so that a preemptible fine-tune relaunches with one command line.
+    source = saved.config.get("init_from") or ""
+    if "init_from" in settings and settings["init_from"] != source:
+        began = f"from --init-from {source}" if source else "from random weights"
+        raise UserError(f"--init-from {settings['init_from']}: {saved.path} continues a run that began {began}, "
+                        "and a resumed run starts from its checkpoint's weights; drop --init-from, or start a new "
+                        "run into another --out")
     # --overwrite is this command's decision, never inherited from the run that saved the checkpoint
     overrides = {"overwrite": False, **settings, "out": str(run_dir)}
     try:
