@@ -538,6 +538,13 @@ def report_finetune(run_dir: Path, source: str, result: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, saved = resolve_run(given_settings(args), args.resume)
+    if saved is not None and saved.step >= cfg.max_steps:
+        # nothing to train: say so (a relaunched job that already finished), leaving the run as it is
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"done already: the run is complete at step {saved.step} (--max-steps {cfg.max_steps}); its "
+                  f"checkpoint is {saved.path}. Train further with a larger --max-steps, or sample with: "
+                  f"gptscratch sample --ckpt {saved.path}")
+        return 0
     result = train(cfg, saved, resuming=args.resume is not None)
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0
