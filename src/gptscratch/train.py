@@ -41,7 +41,16 @@ from gptscratch.config import (
 from gptscratch.data.loader import TokenLoader
 from gptscratch.data.prepare import ensure_shakespeare
 from gptscratch.device import attention_backend
-from gptscratch.distributed import Dist, all_reduce_mean, barrier, gather, init_distributed, on_master, shutdown
+from gptscratch.distributed import (
+    Dist,
+    all_reduce_mean,
+    barrier,
+    gather,
+    init_distributed,
+    lost_rank,
+    on_master,
+    shutdown,
+)
 from gptscratch.errors import UserError
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
@@ -462,6 +471,13 @@ def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None, resuming: bool
         run_dir = Path(cfg.run_dir())
         lock = on_master(d, lambda: rundir.claim(run_dir, saved.path if saved else None, resuming, cfg.overwrite))
         return loop(setup(cfg, saved, d, device))
+    except RuntimeError as e:
+        if d.enabled:  # torchrun's SIGTERM to the survivors, a moment after a rank died, would cut the line short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        lost = lost_rank(e, d)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if lock is not None:
             lock.release()
