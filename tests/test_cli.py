@@ -4,13 +4,17 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from gptscratch.cli import build_parser, main
+from gptscratch.hf import save_hf
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.tokenizer import get_encoding
 from gptscratch.train.checkpoint import save_checkpoint
+
+from .test_train import write_llmc_shard
 
 
 def test_every_subcommand_explains_itself(capsys):
@@ -143,3 +147,58 @@ def test_export_refuses_a_non_empty_out_and_replaces_an_earlier_export_whole(tmp
         assert main(["export", "--ckpt", ckpt, "--out", str(target)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def model_dirs(root, vocab_size: int) -> tuple[str, str]:
+    """A small GPT-2 of `vocab_size` tokens, as a gptscratch checkpoint and as a Hugging Face directory."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=32))
+    save_checkpoint(root / "run" / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {}, [{}], [{}])
+    save_hf(model, root / "hf")
+    return str(root / "run"), str(root / "hf")
+
+
+@pytest.fixture
+def eval_files(tmp_path):
+    """A prepared split (random GPT-2 ids) and a HellaSwag file, for `eval loss` and `eval hellaswag`."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_llmc_shard(data / f"d_{split}_000000.bin", rng.integers(0, 50257, 200))
+    row = {"ind": 0, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat", "split": "val",
+           "split_type": "indomain", "label": 0, "endings": ["on the mat.", "down.", "up.", "x"], "source_id": "s"}
+    (tmp_path / "hs.jsonl").write_text(json.dumps(row) + "\n")
+    return str(data), str(tmp_path / "hs.jsonl")
+
+
+def test_a_model_too_small_for_the_tokenizer_is_refused_by_every_command_that_loads_one(tmp_path, eval_files,
+                                                                                         capsys, monkeypatch):
+    ckpt, hf = model_dirs(tmp_path, vocab_size=100)
+    data, hellaswag = eval_files
+
+    def never(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr("gptscratch.serve.serve", never)
+    cpu = ["--device", "cpu"]
+    commands = [[*cmd, flag, path, *cpu] for flag, path in (("--ckpt", ckpt), ("--hf", hf)) for cmd in (
+        ["sample", "--max-new-tokens", "2"], ["serve", "--port", "0"], ["eval", "loss", "--data", data],
+        ["eval", "hellaswag", "--file", hellaswag])]
+    commands += [["export", "--ckpt", ckpt, "--out", str(tmp_path / "export")], ["train", "--resume", ckpt]]
+    commands += [["train", "--preset", "tiny", "--init-from", source, "--data", data, "--out", str(tmp_path / "ft"),
+                  *cpu] for source in (ckpt, hf)]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "vocab_size 100 cannot hold GPT-2's 50,257 tokens" in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "export").exists() and not (tmp_path / "ft").exists()
+
+
+def test_a_model_with_more_rows_than_the_tokenizer_is_accepted(tmp_path, eval_files, capsys):
+    ckpt, hf = model_dirs(tmp_path, vocab_size=50304)  # nanoGPT's vocabulary
+    data, hellaswag = eval_files
+    assert main(["eval", "loss", "--hf", hf, "--data", data, "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == 12
+    assert main(["eval", "hellaswag", "--ckpt", ckpt, "--file", hellaswag, "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1

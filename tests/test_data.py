@@ -188,6 +188,7 @@ def test_fineweb_code_path_on_local_datasets(tmp_path, monkeypatch, fmt):
                                      cache_dir=str(tmp_path / "hf-cache"))
 
     monkeypatch.setattr(sources, "load_hf_dataset", local_load)
+    monkeypatch.setattr(sources, "hub_revision", lambda repo: "0123abcd")  # the hub is not asked in the tests
     # the reusable iterator itself, on a map-style and a streaming dataset
     for streaming in (False, True):
         ds = local_load("x", None, streaming, "x")
@@ -209,6 +210,33 @@ def test_fineweb_code_path_on_local_datasets(tmp_path, monkeypatch, fmt):
     hub = prepare("hf:someone/rows", tmp_path / "hub", val_tokens=100, streaming=True, workers=1, progress=False)
     assert calls[-1] == ("someone/rows", None, True)
     assert np.array_equal(stream_of(tmp_path / "hub", hub), expected_stream(docs))
+
+
+def test_a_hub_dataset_is_fingerprinted_by_its_revision(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(20, seed=8)))
+    monkeypatch.setattr(sources, "load_hf_dataset", lambda *a, **k: datasets.load_dataset(
+        "json", data_files=str(data), split="train", cache_dir=str(tmp_path / "hf-cache")))
+    asked = []
+
+    def revision(now: str | None):
+        monkeypatch.setattr(sources, "hub_revision", lambda repo: asked.append(repo) or now)
+
+    out = tmp_path / "out"
+    revision("aaaa1111bbbb2222")
+    first = prepare("hf:someone/rows", out, val_tokens=100, workers=1, progress=False)
+    assert first["source"]["fingerprint"] == {"dataset": "someone/rows", "config": None,
+                                              "revision": "aaaa1111bbbb2222", "documents": 20}
+    assert asked == ["someone/rows", "someone/rows"]  # at the start, and again at the end
+    revision("cccc3333dddd4444")  # the dataset was pushed to since
+    capsys.readouterr()
+    code, err = run_cli(capsys, "hf:someone/rows", "--out", str(out), "--val-tokens", "100")
+    assert code == 2 and "revision aaaa1111bbbb -> cccc3333dddd on the hub" in err and "--overwrite" in err, err
+    assert len(err.splitlines()) == 1
+    revision(None)  # offline: it cannot be checked, and says so
+    assert prepare("hf:someone/rows", out, val_tokens=100, workers=1, progress=False) == first
+    assert "change to it since cannot be seen" in capsys.readouterr().err
 
 
 # --- interrupted and resumed -------------------------------------------------------------------
@@ -273,6 +301,89 @@ def test_resume_after_every_shard(tmp_path, monkeypatch):
         assert resumed["shards"] == whole["shards"], stop_after
 
 
+def test_a_source_changed_since_a_finished_prepare_is_refused_naming_the_change_or_redone_with_overwrite(
+        tmp_path, capsys):
+    docs = make_docs(12, seed=9)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    out = tmp_path / "out"
+    args = [str(corpus), "--out", str(out), "--val-tokens", "100", "--shard-tokens", "2000"]
+    assert run_cli(capsys, *args)[0] == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["source"]["fingerprint"]["documents"] == 12 and first["source"]["fingerprint"]["files"] == 12
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    (corpus / "doc0012.txt").write_text("a document added since")
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{out}: was prepared from {corpus}, which has changed since ({corpus / 'doc0012.txt'} added)" in err
+    assert "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old result is kept, and refused
+    (corpus / "doc0001.txt").write_text(docs[1] + " and more")
+    (corpus / "doc0002.txt").unlink()
+    err = run_cli(capsys, *args)[1]
+    assert f"{corpus / 'doc0002.txt'} removed" in err and f"{corpus / 'doc0001.txt'} modified (" in err, err
+
+    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+    now = [*docs[:1], docs[1] + " and more", *docs[3:], "a document added since"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert np.array_equal(stream_of(out, manifest), expected_stream(now))
+    check_manifest_matches_files(out, manifest)
+    # no shard of the earlier prepare is left beside the new ones
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *(s["file"] for s in manifest["shards"])])
+    assert run_cli(capsys, *args)[0] == 0  # unchanged since: the rerun is the no-op it was
+
+
+def test_a_resume_over_a_changed_source_is_refused_and_overwrite_starts_again(tmp_path, monkeypatch, capsys):
+    docs = make_docs(30, seed=10)
+    corpus = write_txt_corpus(tmp_path / "c", docs)
+    opts = {"shard_tokens": 700, "val_tokens": 900, "workers": 1, "progress": False}
+    out = tmp_path / "out"
+    real_write = prep.fmt.write_shard
+
+    def interrupted(path, tokens):
+        if len(list(out.glob("*.bin"))) == 2:
+            raise KeyboardInterrupt
+        return real_write(path, tokens)
+
+    monkeypatch.setattr(prep.fmt, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(corpus), out, **opts)
+    monkeypatch.setattr(prep.fmt, "write_shard", real_write)
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len([n for n in kept if n.endswith(".bin")]) == 2
+
+    (corpus / "doc0004.txt").unlink()  # a document the finished shards hold: skipping by index would shift
+    with pytest.raises(UserError, match=r"holds an unfinished prepare of .*, which has changed since it began "
+                                        r"\(.*doc0004.txt removed\); resuming would mix"):
+        prepare(str(corpus), out, **opts)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+
+    again = prepare(str(corpus), out, overwrite=True, **opts)
+    fresh = prepare(str(corpus), tmp_path / "fresh", **opts)
+    assert again["shards"] == fresh["shards"]
+    assert np.array_equal(stream_of(out, again), expected_stream(docs[:4] + docs[5:]))
+
+
+def test_a_source_changed_while_it_is_prepared_is_refused_and_not_resumed(tmp_path, monkeypatch):
+    corpus = write_txt_corpus(tmp_path / "c", make_docs(30, seed=11))
+    opts = {"shard_tokens": 700, "val_tokens": 900, "workers": 1, "progress": False}
+    out = tmp_path / "out"
+    real_write = prep.fmt.write_shard
+
+    def touching(path, tokens):
+        os.utime(corpus / "doc0000.txt", ns=(1, 1))  # edited part way through
+        return real_write(path, tokens)
+
+    monkeypatch.setattr(prep.fmt, "write_shard", touching)
+    with pytest.raises(UserError, match="changed while it was being prepared .*doc0000.txt modified "
+                                        r"\(modification time\)"):
+        prepare(str(corpus), out, **opts)
+    monkeypatch.setattr(prep.fmt, "write_shard", real_write)
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(UserError, match="which has changed since it began"):
+        prepare(str(corpus), out, **opts)
+
+
 def test_rerun_of_finished_prepare_is_a_no_op_and_other_settings_are_refused(tmp_path, capsys):
     corpus = write_txt_corpus(tmp_path / "c", make_docs(10))
     out = tmp_path / "out"
@@ -316,11 +427,32 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
         assert code == 2, argv
         assert message in err and len(err.splitlines()) == 1, err
         assert "Traceback" not in err
-    assert not (Path(out) / "manifest.json").exists()
+        assert not Path(out).exists()  # a failed prepare leaves nothing it made, the directory included
 
     # nothing was left behind by the failures, so a good run can still use the directory
     code, _ = run_cli(capsys, str(jsonl), "--out", out, "--text-field", "content", "--val-tokens", "1")
     assert code == 0
+
+
+def test_a_failure_leaves_no_directory_it_made_and_nothing_in_one_that_was_there(tmp_path, capsys):
+    empty = write_txt_corpus(tmp_path / "empty", ["  ", "\n"])
+    assert run_cli(capsys, str(empty), "--out", str(tmp_path / "new" / "deeper" / "out"))[0] == 2
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert run_cli(capsys, str(empty), "--out", str(mine))[0] == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_a_cache_directory_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPTSCRATCH_CACHE", "/proc/gptscratch-cache")
+    monkeypatch.setattr(sources, "SHAKESPEARE_ARCHIVE", "not-cached-" + sources.SHAKESPEARE_ARCHIVE)
+    code, err = run_cli(capsys, "shakespeare", "--out", str(tmp_path / "out"))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot create the cache directory /proc/gptscratch-cache (No such file or directory)" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flag", ["--workers", "--shard-tokens", "--val-tokens"])

@@ -58,11 +58,31 @@ def test_finetune_resume_is_exact(hf_tiny, corpus, tmp_path):
     args = [*FT, "--init-from", str(path), "--data", str(corpus)]
     assert main(["train", *args, "--out", str(tmp_path / "ref")]) == 0
     middle = tmp_path / "ref" / "checkpoints" / "step_000003"
-    # resuming reads the run's own weights: the source may be gone by then
-    assert main(["train", *args, "--init-from", str(tmp_path / "gone"), "--out", str(tmp_path / "cut"),
-                 "--resume", str(middle)]) == 0
+    # resuming reads the run's own weights: the source may be gone by then, and the same command line (its
+    # --init-from included) continues the run, as a relaunched preemptible job does
+    path.rename(tmp_path / "gone")
+    assert main(["train", *args, "--out", str(tmp_path / "cut"), "--resume", str(middle)]) == 0
     ref, cut = train_losses(tmp_path / "ref"), train_losses(tmp_path / "cut")
     assert cut == pytest.approx({s: ref[s] for s in range(3, 6)}, rel=1e-5, abs=0)
+
+
+def test_resume_with_another_init_from_is_refused_and_changes_nothing(hf_tiny, corpus, tmp_path, capsys):
+    _, path = hf_tiny
+    tuned, scratch = tmp_path / "tuned", tmp_path / "scratch"
+    assert main(["train", *FT, "--init-from", str(path), "--data", str(corpus), "--out", str(tuned)]) == 0
+    assert main(["train", *FT, "--vocab-multiple", "1", "--n-layer", "2", "--n-head", "4", "--n-embd", "64",
+                 "--data", str(corpus), "--out", str(scratch)]) == 0
+    other = tmp_path / "other"
+    path.rename(other)  # any other source: the resumed run would read none of its weights
+    before = {run: (run / "config.json").read_text() for run in (tuned, scratch)}
+    capsys.readouterr()
+    for run, began in ((tuned, f"began from --init-from {path}"), (scratch, "began from random weights")):
+        assert main(["train", *FT, "--init-from", str(other), "--data", str(corpus), "--out", str(run),
+                     "--resume", "--max-steps", "9"]) == 2
+        err = capsys.readouterr().err
+        assert f"--init-from {other}: " in err and began in err and err.count("\n") == 1, err
+        assert (run / "config.json").read_text() == before[run]
+        assert max(train_losses(run)) == 5  # no step was taken
 
 
 def test_init_from_a_qwen3_export_and_from_a_checkpoint(corpus, tmp_path):

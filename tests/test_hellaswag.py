@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,6 @@ from gptscratch.errors import UserError
 from gptscratch.evaluate import hellaswag
 from gptscratch.evaluate.hellaswag import (
     Example,
-    cache_dir,
     default_file,
     ending_losses,
     hellaswag_eval,
@@ -25,6 +25,7 @@ from gptscratch.evaluate.hellaswag import (
 )
 from gptscratch.hf import load_hf
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.paths import cache_dir
 from gptscratch.precision import autocast_dtype
 from gptscratch.tokenizer import get_encoding
 
@@ -336,6 +337,15 @@ def test_offline_download_names_file_flag(monkeypatch, tmp_path, hf_pair, capsys
     assert main(["eval", "hellaswag", "--hf", hf_pair[1]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot download" in err[0] and "--file" in err[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
+def test_a_cache_directory_that_cannot_be_created_is_one_line(monkeypatch, hf_pair, capsys):
+    monkeypatch.setenv("GPTSCRATCH_CACHE", "/proc/gptscratch-cache")
+    assert main(["eval", "hellaswag", "--hf", hf_pair[1], "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the cache directory /proc/gptscratch-cache/hellaswag" in err and "GPTSCRATCH_CACHE" in err
+    assert err.count("\n") == 1, err
 
 
 def test_modern_model_matches_its_qwen3_export(tmp_path):

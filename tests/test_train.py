@@ -449,6 +449,19 @@ def load_checkpoint_step(run: Path) -> int:
     return load_checkpoint(run).step
 
 
+def test_a_resume_already_at_max_steps_says_the_run_is_complete_and_names_its_checkpoint(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(run), "--max-steps", "2", "--eval-interval", "0",
+                 "--sample-tokens", "1"]) == 0
+    before = tree(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"complete at step 2 (--max-steps 2); its checkpoint is {run / 'checkpoints' / 'step_000002'}." in out
+    assert "None" not in out
+    assert tree(run) == before  # nothing to train, so nothing written
+
+
 def test_resuming_an_older_step_sets_the_newer_timeline_aside(shards, tmp_path, capsys):
     run = tmp_path / "run"
     args = [*TINY, "--data", str(shards), "--out", str(run), "--ckpt-interval", "2", "--keep", "0",

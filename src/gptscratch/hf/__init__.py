@@ -19,6 +19,7 @@ from gptscratch.hf.modern import check_exportable, is_gpt2, load_modern, write_m
 from gptscratch.hf.modern import config_from_hf as modern_config_from_hf
 from gptscratch.io import atomic_dir, read_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import check_model_vocab
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -86,11 +87,14 @@ def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
         raise UserError(f"{cfg_path}: not a JSON object")
     model_type = cfg.get("model_type")
     if model_type in ("qwen3", "llama"):
-        return directory, model_type, modern_config_from_hf(cfg, str(cfg_path))
-    if model_type != "gpt2":
+        config = modern_config_from_hf(cfg, str(cfg_path))
+    elif model_type == "gpt2":
+        config = config_from_hf(cfg, str(cfg_path))
+    else:
         raise UserError(f"{cfg_path}: model_type is {model_type!r}; gptscratch reads gpt2, and the qwen3 or llama "
                         "models it exports")
-    return directory, model_type, config_from_hf(cfg, str(cfg_path))
+    check_model_vocab(config.vocab_size, str(cfg_path))  # every reader of HF models passes here
+    return directory, model_type, config
 
 
 def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:

@@ -18,6 +18,7 @@ from gptscratch.errors import UserError
 from gptscratch.hf import load_hf, read_hf_config
 from gptscratch.hf.modern import is_gpt2
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import VOCAB_SIZE
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
 from gptscratch.train.config import MODEL_OPTIONS, TrainConfig
 
@@ -45,9 +46,10 @@ def source_config(spec: str) -> GPTConfig:
 
 def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """`cfg` with the model's shape taken from `cfg.init_from`; a flag in `given` that contradicts it is refused."""
-    source = source_config(cfg.init_from)
-    if source.vocab_size != 50257:
-        raise UserError(f"--init-from {cfg.init_from}: vocab_size {source.vocab_size}, not GPT-2's 50257 tokens")
+    source = source_config(cfg.init_from)  # a vocabulary too small for the tokenizer is refused in reading it
+    if source.vocab_size != VOCAB_SIZE:  # a run's model has the tokenizer's rows, padded by --vocab-multiple
+        raise UserError(f"--init-from {cfg.init_from}: vocab_size {source.vocab_size}, not GPT-2's {VOCAB_SIZE} "
+                        "tokens; a run pads its vocabulary itself (--vocab-multiple)")
     shape = {name: getattr(source, name) for name in SHAPE}
     for name, value in shape.items():
         if name in given and given[name] != value:
