@@ -171,7 +171,7 @@ def test_a_survivor_names_the_ranks_whose_process_ended_in_a_world_of_more_than_
 
     import torch.distributed as dist
 
-    from gptscratch import distributed
+    from gptscratch.train import distributed
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # ended and reaped: its pid names no process now
