@@ -361,7 +361,8 @@ def test_the_page_streams_a_completion_in_headless_chromium(url, tmp_path):
 
 
 def test_a_served_checkpoint_is_named_after_its_run():
-    from gptscratch.cli import build_parser, model_name
+    from gptscratch.cli import build_parser
+    from gptscratch.hf.pretrained import model_name
 
     run = Path(__file__).parent / "fixtures" / "ckpt_1ae9fdd" / "run"
     step = sorted((run / "checkpoints").iterdir())[-1]

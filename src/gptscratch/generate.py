@@ -8,14 +8,20 @@ and no slower than the uncached loop).
 
 from __future__ import annotations
 
+import argparse
+import codecs
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
+from gptscratch.device import pick_device
 from gptscratch.errors import UserError
+from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
 from gptscratch.model import GPT
-from gptscratch.precision import autocast
+from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
+from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -132,3 +138,62 @@ def generate_many(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: 
         for r, i in enumerate(rows):
             out[i] = res[r].tolist()
     return out
+
+
+# --- gptscratch sample ---------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise UserError("--max-new-tokens and --num-samples must be at least 1")
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    amp = autocast_dtype(args.dtype, device)
+    enc = get_encoding()
+    prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    if not prompt:
+        raise UserError("--prompt encodes to no tokens; give some text (or '<|endoftext|>' to start fresh)")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"--- sample {i + 1} ---\n")
+        out.write(args.prompt)
+        out.flush()
+        # tokens can split a multi-byte character: decode bytes incrementally
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def stream(tok: torch.Tensor, decoder=decoder) -> None:
+            t = int(tok[0])
+            if t != EOT_TOKEN:
+                out.write(decoder.decode(enc.decode_single_token_bytes(t)))
+                out.flush()
+
+        idx = torch.tensor([prompt], dtype=torch.long, device=device)
+        generate(
+            model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            generator=gen, stop_token=None if args.no_stop else EOT_TOKEN, on_token=stream, amp=amp,
+        )
+        out.write(decoder.decode(b"", final=True) + "\n")
+        out.flush()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
+                       description="Generate text with a KV cache and stream it to the terminal.")
+    add_model_args(p)
+    p.add_argument("--prompt", default="<|endoftext|>", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-stop", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help=f"{DTYPE_HELP}. Default float32: decoding a token at a time is bound by reading the "
+                   "weights, which autocast would cast to bf16 again at every step")
+    p.set_defaults(func=cmd_sample)

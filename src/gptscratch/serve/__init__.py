@@ -6,6 +6,7 @@ uvicorn), imported only here, so the rest of the package never needs the `[serve
 
 from __future__ import annotations
 
+import argparse
 import socket
 import threading
 import time
@@ -14,8 +15,11 @@ from contextlib import contextmanager
 
 import torch
 
+from gptscratch.device import pick_device
 from gptscratch.errors import UserError
+from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg, model_name
 from gptscratch.model import GPT
+from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -91,3 +95,43 @@ def serving_in_thread(engine, model_id: str, host: str = "127.0.0.1", port: int 
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- gptscratch serve ----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    if args.max_batch < 1 or args.max_queue < 1:
+        raise UserError("--max-batch and --max-queue must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected 0 (any free port) to 65535")
+    check_installed()
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    name = args.model_name or model_name(args)
+    serve(model, name, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+          api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model: an OpenAI-compatible completions API and a playground page",
+                       description="Serve a model over HTTP: POST /v1/completions (OpenAI's shape, streaming "
+                       "included), GET /v1/models, GET /health, and a playground page at /. Concurrent requests "
+                       "are decoded together, one forward pass per step. Needs the [serve] extra.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoded together (default 8)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting for a place in the batch before new ones get HTTP 429 (default 64)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+    p.add_argument("--model-name", default=None, help="the model's id in the API (default: the --ckpt/--hf name)")
+    p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body "
+                   "(default 1 MiB)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help=f"{DTYPE_HELP}. Default float32, as sample's")
+    p.set_defaults(func=cmd_serve)
