@@ -268,7 +268,7 @@ def test_state_saved_before_row_shuffling_resumes(tmp_path):
 def test_rows_keep_memory_flat(tmp_path):
     numbered_shards(tmp_path, [200] * 40)
     loader = TokenLoader(tmp_path, "train", 8, 10, seed=1, shuffle="rows")
-    for _ in range(3 * loader.steps_per_epoch):
+    for _ in range(3 * loader.rows_per_epoch // 8):  # three epochs
         loader.next_batch()
     assert len(loader._blocks) <= 4  # a few blocks of the row order, never the whole permutation
     assert len(loader._open) <= 40

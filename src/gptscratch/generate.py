@@ -12,7 +12,7 @@ import argparse
 import codecs
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -123,21 +123,6 @@ def generate(
     finally:
         model.train(was_training)
     return idx
-
-
-def generate_many(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
-    """Generate for prompts of different lengths: rows of equal length share one batched call."""
-    device = model.lm_head.weight.device
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    out: list[list[int]] = [[] for _ in prompts]
-    for rows in by_len.values():
-        idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-        res = generate(model, idx, max_new_tokens, **kwargs)
-        for r, i in enumerate(rows):
-            out[i] = res[r].tolist()
-    return out
 
 
 # --- gptscratch sample ---------------------------------------------------------------------------

@@ -145,13 +145,6 @@ class TokenLoader:
         self._offsets = np.arange(seq_len + 1)
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Batches each rank gets from one pass over the split."""
-        if self.shuffle == "rows":
-            return self.rows_per_epoch // (self.batch_size * self.world_size)
-        return self.windows_per_epoch // self.world_size
-
-    @property
     def epoch(self) -> int:
         """The epoch of the next batch (of its first row, with rows)."""
         batch = self.step * self.world_size + self.rank
