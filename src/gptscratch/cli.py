@@ -210,7 +210,7 @@ def register_model_commands(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompt", default="<|endoftext|>", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 (or anything below 1e-5) for greedy decoding")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
     p.add_argument("--num-samples", type=int, default=1)
