@@ -557,6 +557,49 @@ def test_cli_serve_without_the_extra_says_which(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "[serve]" in err and "uvicorn" in err
 
 
+BAD_SERVE_FLAGS = [
+    (["--api-key", ""], "--api-key"),  # no client could ever send it
+    (["--api-key", "key "], "--api-key"),  # a header loses the space at its end
+    (["--api-key", "kéy"], "--api-key"),
+    (["--api-key", "k\x07y"], "--api-key"),
+    (["--max-body", "0"], "--max-body"),
+    (["--max-body", "1023"], "--max-body"),
+    (["--max-body", "-5"], "--max-body"),
+    (["--request-timeout", "0"], "--request-timeout"),
+    (["--request-timeout", "nan"], "--request-timeout"),
+    (["--keep-alive-timeout", "-1"], "--keep-alive-timeout"),
+    (["--max-connections", "0"], "--max-connections"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_SERVE_FLAGS, ids=[" ".join(f) for f, _ in BAD_SERVE_FLAGS])
+def test_cli_serve_refuses_an_unusable_flag_in_one_line_before_loading_the_model(tmp_path, capsys, flags, named):
+    from gptscratch.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "no-such-run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "no-such-run" not in err
+
+
+def test_cli_serve_hands_its_limits_to_the_server_and_lists_them_in_help(tmp_path, model, monkeypatch, capsys):
+    import gptscratch.serve
+    from gptscratch.cli import build_parser, main
+    from gptscratch.hf import save_hf
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(flag in shown for flag in ("--request-timeout", "--keep-alive-timeout", "--max-connections"))
+    defaults = build_parser().parse_args(["serve", "--hf", "x"])
+    assert Limits(defaults.request_timeout, defaults.keep_alive_timeout, defaults.max_connections) == Limits()
+    save_hf(model, tmp_path / "tiny-hf")
+    seen: dict = {}
+    monkeypatch.setattr(gptscratch.serve, "serve", lambda model, name, **kwargs: seen.update(kwargs))
+    assert main(["serve", "--hf", str(tmp_path / "tiny-hf"), "--request-timeout", "7", "--keep-alive-timeout", "2.5",
+                 "--max-connections", "9", "--api-key", "s3cret", "--max-body", "1024"]) == 0
+    assert seen["limits"] == Limits(7.0, 2.5, 9) and (seen["api_key"], seen["max_body"]) == ("s3cret", 1024)
+
+
 # --- the page in a real browser --------------------------------------------------------------------
 
 
