@@ -13,6 +13,7 @@ import codecs
 import difflib
 import errno
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -137,20 +138,40 @@ def model_name(args: argparse.Namespace) -> str:
     return (run_dir_of(step) or step).name
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def check_serve_args(args: argparse.Namespace) -> None:
+    """Every serve flag, before the model loads."""
     check_model_args(args)
-    if args.max_batch < 1 or args.max_queue < 1:
-        raise UserError("--max-batch and --max-queue must be at least 1")
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--max-connections", args.max_connections)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: expected at least 1")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0 (any free port) to 65535")
-    from gptscratch.serve import check_installed, serve
+    # a key no client can send (empty, or spaces a header loses at its ends) would lock every client out
+    key = args.api_key
+    if key is not None and not (key and key.strip() == key and all(" " <= c <= "~" for c in key)):
+        raise UserError(f"--api-key {key!r}: expected a non-empty key of printable ASCII characters, without "
+                        "spaces at either end")
+    if args.max_body < 1024:
+        raise UserError(f"--max-body {args.max_body}: expected at least 1024 bytes")
+    for flag, value in (("--request-timeout", args.request_timeout),
+                        ("--keep-alive-timeout", args.keep_alive_timeout)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} {value}: expected a number of seconds above 0")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    check_serve_args(args)
+    from gptscratch.serve import Limits, check_installed, serve
 
     check_installed()
     device = pick_device(args.device)
     model = load_model_arg(args, device)
     name = args.model_name or model_name(args)
+    limits = Limits(request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                    max_connections=args.max_connections)
     serve(model, name, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
-          api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body)
+          api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body, limits=limits)
     return 0
 
 
@@ -210,7 +231,7 @@ def register_model_commands(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompt", default="<|endoftext|>", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 (or anything below 1e-5) for greedy decoding")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
     p.add_argument("--num-samples", type=int, default=1)
@@ -233,10 +254,17 @@ def register_model_commands(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests waiting for a place in the batch before new ones get HTTP 429 (default 64)")
     p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: no key)")
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: no key; printable ASCII)")
     p.add_argument("--model-name", default=None, help="the model's id in the API (default: the --ckpt/--hf name)")
     p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body "
-                   "(default 1 MiB)")
+                   "(default 1 MiB; at least 1024)")
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request's headers, and then its body, must each arrive within this (default 30); "
+                   "a slower client gets HTTP 408 and is disconnected")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="an idle connection is closed after this (default 5)")
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="open connections at most; one more gets HTTP 503 and is closed (default 256)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help=f"{DTYPE_HELP}. Default float32, as sample's")
     p.set_defaults(func=cmd_serve)

@@ -16,6 +16,12 @@ import torch
 from gptscratch.errors import UserError
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
+from gptscratch.tokenizer import VOCAB_SIZE
+
+# Below this temperature sampling is greedy, as OpenAI's API treats 0. softmax(logits / T) is already one-hot
+# there for any gap between the top two logits above 1e-3 (e^-100), and a far smaller T would overflow float32
+# (1e-300 rounds to 0 in it, and logits / 0 are NaN).
+GREEDY_BELOW = 1e-5
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -26,8 +32,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p; the first always stays
+        # drop a token when the tokens ranked above it already reach top_p. The first always stays, said
+        # outright: a top_p below float32's smallest value compares as 0, which would drop it too.
         drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -49,9 +57,10 @@ def next_token(
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Pick one token per row from last-position logits (B, vocab)."""
+    """Pick one token per row from last-position logits (B, vocab). Below GREEDY_BELOW the temperature is
+    greedy; any top_p > 0 keeps at least the most likely token."""
     logits = logits.float()
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k < logits.size(-1):
         # Sample among the k candidates only: the same distribution as masking the rest to -inf, but
@@ -104,7 +113,8 @@ def generate(
                     logits, _ = model(idx[:, -block:], cache=cache, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-            logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
+            # neither padded rows nor ids the tokenizer lacks (a model trained with vocab_size 50304) are sampled
+            logits = logits[:, -1, : min(config.vocab_size, VOCAB_SIZE)]
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 tok = torch.where(done, torch.full_like(tok, stop_token), tok)

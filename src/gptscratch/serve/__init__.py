@@ -6,11 +6,14 @@ uvicorn), imported only here, so the rest of the package never needs the `[serve
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -42,24 +45,53 @@ def check_installed() -> None:
                         "pip install 'gptscratch[serve]'") from None
 
 
-def serve(model: GPT, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
-          max_queue: int = 64, api_key: str | None = None, amp: torch.dtype | None = None,
-          max_body: int = 1 << 20) -> None:
-    """Serve `model` until interrupted."""
-    check_installed()
+@dataclass
+class Limits:
+    """What one client may hold: seconds for a request's head and then its body to arrive, seconds an idle
+    keep-alive connection stays open, and open connections in all."""
+
+    request_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 256
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def uvicorn_server(engine, model_id: str, sock: socket.socket, limits: Limits, graceful_s: int, **server_kwargs):
+    """uvicorn running the app on `engine`: h11 with a deadline for each request's head and a connection cap
+    (`GuardedH11`), headers capped at 16 KiB, no WebSocket upgrades."""
     import uvicorn
 
-    from gptscratch.serve.api import Server, make_app
+    from gptscratch.serve.api import GuardedH11, Server, make_app
+
+    app = make_app(Server(engine, model_id, loopback=is_loopback(sock), request_timeout=limits.request_timeout,
+                          **server_kwargs))
+    protocol = GuardedH11.limited(limits.request_timeout, limits.max_connections)
+    return uvicorn.Server(uvicorn.Config(app, http=protocol, ws="none", log_level="warning",
+                                         timeout_keep_alive=limits.keep_alive_timeout,
+                                         h11_max_incomplete_event_size=16 * 1024,
+                                         timeout_graceful_shutdown=graceful_s))
+
+
+def serve(model: GPT, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
+          max_queue: int = 64, api_key: str | None = None, amp: torch.dtype | None = None,
+          max_body: int = 1 << 20, limits: Limits | None = None) -> None:
+    """Serve `model` until interrupted."""
+    check_installed()
     from gptscratch.serve.engine import Engine
 
     sock = open_socket(host, port)
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, amp=amp).start()
-    app = make_app(Server(engine, model_id, api_key=api_key, max_body=max_body))
+    server = uvicorn_server(engine, model_id, sock, limits or Limits(), 2, api_key=api_key, max_body=max_body)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving {model_id} at http://{shown}:{bound_port} (the page at /, the API at /v1/completions); "
           "Ctrl-C stops", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    if api_key is None and not is_loopback(sock):
+        print(f"warning: --host {host} takes connections from other machines and no --api-key is set: anyone who "
+              "can reach this port can use the model", file=sys.stderr, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
@@ -68,16 +100,12 @@ def serve(model: GPT, model_id: str, host: str = "127.0.0.1", port: int = 8000, 
 
 
 @contextmanager
-def serving_in_thread(engine, model_id: str, host: str = "127.0.0.1", port: int = 0, **server_kwargs) -> Iterator[str]:
+def serving_in_thread(engine, model_id: str, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None,
+                      **server_kwargs) -> Iterator[str]:
     """Run the app on `engine` in a background thread (tests, benchmarks); yields its base URL. The engine
     is the caller's to start and stop."""
-    import uvicorn
-
-    from gptscratch.serve.api import Server, make_app
-
     sock = open_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(make_app(Server(engine, model_id, **server_kwargs)), log_level="warning",
-                                          timeout_graceful_shutdown=1))
+    server = uvicorn_server(engine, model_id, sock, limits or Limits(), 1, **server_kwargs)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
