@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -15,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from openai import APIStatusError, OpenAI
+from openai import APIError, APIStatusError, OpenAI
 
 from gptscratch.generate import generate
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.serve import serving_in_thread
-from gptscratch.serve.engine import Engine, QueueFull, Request, Sampling, run_until_done
+from gptscratch.serve import Limits, serving_in_thread
+from gptscratch.serve.engine import Choice, Engine, QueueFull, Request, Sampling, run_until_done
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
 ENC = get_encoding()
@@ -204,6 +205,11 @@ BAD = [
     ({"model": "tiny", "prompt": "x", "n": 50}, 400, "n"),
     ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": "tiny", "prompt": "x", "logprobs": True}, 400, "logprobs"),
+    (b'{"model": "tiny", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, None),
+    (b'{"model": "tiny", "prompt": "x", "seed": ' + b"9" * 5000 + b"}", 400, None),
+    (b'{"model": "tiny", "prompt": "a\\ud800b"}', 400, "prompt"),
+    (b'{"model": "tiny", "prompt": "x", "stop": ["\\udfff"]}', 400, "stop"),
+    (b'{"model": "\\ud800", "prompt": "x"}', 400, "model"),
 ]
 
 
@@ -274,6 +280,245 @@ def test_api_key_and_body_cap(model):
         engine.stop()
 
 
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_disconnected_non_streaming_client_frees_its_row_within_a_few_steps(url, engine):
+    body = json.dumps({"model": "tiny", "prompt": "<|endoftext|>", "max_tokens": 1000, "temperature": 1.0}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port.encode(), len(body), body))
+        wait_until(lambda: engine.stats()["running"] == 1)
+        assert engine.stats()["running"] == 1
+        closed_at = engine.steps
+    wait_until(lambda: engine.stats()["running"] == 0)
+    assert engine.stats()["running"] == 0
+    assert engine.steps - closed_at < 100  # 1000 tokens were asked for
+
+
+HOSTILE = [{"temperature": 1e-300}, {"temperature": 1e-40, "top_k": 5}, {"temperature": 5e-324},
+           {"top_p": 1e-300}, {"top_p": 5e-324, "top_k": 5}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("sampling", HOSTILE, ids=[json.dumps(h) for h in HOSTILE])
+def test_vanishing_temperature_or_top_p_is_greedy_and_the_server_keeps_serving(client, model, sampling, stream):
+    r = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=8, stream=stream,
+                                  extra_body=sampling)  # top_k is no argument of the client's
+    text = "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
+    assert text == greedy(model, PROMPTS[0], 8)
+    assert client.completions.create(model="tiny", prompt="ok", max_tokens=2, temperature=1).choices[0].finish_reason
+
+
+def padded_model() -> GPT:
+    """vocab_size 50304, as nanoGPT trains GPT-2: 47 rows the tokenizer has no token for, made to win every pick
+    (every position's final hidden state is all ones, and so are those rows alone)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[50257:] = 1.0
+    return model
+
+
+def test_a_model_with_more_rows_than_the_tokenizer_serves_only_ids_it_has():
+    model = padded_model()
+    with torch.no_grad():
+        assert int(model(torch.tensor([[1]]))[0][0, -1].argmax()) >= 50257  # unmasked, a padded id would win
+    engine = Engine(model, max_batch=4)
+    requests = [Request([1, 2], Sampling(max_tokens=12, temperature=t, seed=1), first_index=i)
+                for i, t in enumerate((0.0, 1.0))]
+    tokens = collect(requests)
+    try:
+        run_until_done(engine, requests)
+        with serving_in_thread(engine, "padded") as base:
+            client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+            r = client.completions.create(model="padded", prompt="Hello", max_tokens=12, logprobs=3, seed=1)
+            assert r.usage.completion_tokens == 12 and "".join(r.choices[0].logprobs.tokens) == r.choices[0].text
+            bad = httpx.post(f"{base}/v1/completions", json={"model": "padded", "prompt": [50300]})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt"
+            assert httpx.get(f"{base}/health").json()["status"] == "ok"
+    finally:
+        engine.stop()
+    assert [len(t) for t in tokens.values()] == [12, 12] and max(max(t) for t in tokens.values()) < 50257
+
+
+def test_a_request_that_fails_in_the_engine_gets_a_500_and_every_other_row_keeps_decoding(model, monkeypatch):
+    """A seed of 1000 + k makes a request fail at its k-th token (k = 0: in its prefill), inside the engine."""
+    engine = Engine(model, max_batch=4).start()
+    long = Request(ENC.encode(PROMPTS[2]), Sampling(max_tokens=1000, temperature=0.0))
+    got: list[int] = []
+    long.on_event = lambda ev: got.extend(ev.tokens)
+    beside: list[bool] = []  # whether the long request was decoding when each failure happened
+    real_add = Choice.add
+
+    def add(self, token, *args):
+        seed = self.request.sampling.seed
+        if seed is not None and seed >= 1000 and len(self.tokens) == seed - 1000:
+            beside.append(any(c.request is long for c in engine.running))
+            raise RuntimeError("injected")
+        return real_add(self, token, *args)
+
+    monkeypatch.setattr(Choice, "add", add)
+    try:
+        with serving_in_thread(engine, "tiny") as base:
+            engine.submit(long)
+            wait_until(lambda: len(got) > 0)
+            client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+            for fail_at in (0, 3):
+                body = {"model": "tiny", "prompt": "a", "max_tokens": 8, "seed": 1000 + fail_at}
+                whole = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+                assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
+                with pytest.raises(APIError, match="RuntimeError: injected"):
+                    list(client.completions.create(stream=True, **body))
+            streamed = httpx.post(f"{base}/v1/completions", json={**body, "seed": 1000, "stream": True}, timeout=60)
+            assert streamed.status_code == 500 and "injected" in streamed.json()["error"]["message"]
+            assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).choices[0].finish_reason
+            assert httpx.get(f"{base}/health").json()["status"] == "ok"
+            decoded_while_failing = len(got)
+            long.cancelled = True
+            wait_until(lambda: engine.stats()["running"] == 0)
+    finally:
+        engine.stop()
+    assert len(beside) == 5 and all(beside)
+    assert len(got) >= decoded_while_failing > 0
+    prompt = torch.tensor([ENC.encode(PROMPTS[2])])
+    assert got == generate(model, prompt, len(got), temperature=0.0)[0, prompt.size(1):].tolist()
+
+
+def test_a_post_whose_body_is_not_declared_json_gets_415(url):
+    body = json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 1}).encode()
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+        resp = httpx.post(f"{url}/v1/completions", content=body, headers=headers)
+        assert resp.status_code == 415 and "application/json" in resp.json()["error"]["message"]
+    ok = httpx.post(f"{url}/v1/completions", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_a_foreign_origin_is_refused_and_the_pages_own_is_served(url):
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    port = url.rsplit(":", 1)[1]
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "http://127.0.0.1:1",
+                   f"http://localhost:{port}", "null"):
+        for resp in (httpx.post(f"{url}/v1/completions", json=body, headers={"Origin": origin}),
+                     httpx.get(f"{url}/health", headers={"Origin": origin})):
+            assert resp.status_code == 403, origin
+            assert resp.json()["error"]["message"]
+    own = {"Origin": f"http://127.0.0.1:{port}"}
+    assert httpx.post(f"{url}/v1/completions", json=body, headers=own).status_code == 200
+    assert httpx.get(f"{url}/health", headers=own).status_code == 200
+
+
+def test_a_loopback_server_answers_only_to_loopback_host_names(url, engine):
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil.example:1",
+                 "evil@127.0.0.1"):
+        headers = {"Host": host}
+        for resp in (httpx.get(f"{url}/health", headers=headers), httpx.get(f"{url}/", headers=headers),
+                     httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"}, headers=headers)):
+            assert resp.status_code == 400, host
+            assert "localhost" in resp.json()["error"]["message"]
+    for host in ("localhost", "localhost:8000", "127.0.0.1", "127.0.0.1:1234", "[::1]:8000", "LOCALHOST"):
+        assert httpx.get(f"{url}/health", headers={"Host": host}).status_code == 200, host
+    # bound beyond loopback, the server may go by any name (an --api-key guards it)
+    with serving_in_thread(engine, "tiny", host="0.0.0.0") as base:
+        port = base.rsplit(":", 1)[1]
+        resp = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": f"my-machine.lan:{port}"})
+        assert resp.status_code == 200
+
+
+def test_binding_beyond_loopback_without_an_api_key_prints_a_one_line_warning(model, monkeypatch, capsys):
+    import uvicorn
+
+    from gptscratch.serve import serve
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # bind, say so, stop
+    warnings = {}
+    for host, key in (("0.0.0.0", None), ("0.0.0.0", "k"), ("127.0.0.1", None)):
+        serve(model, "tiny", host=host, port=0, api_key=key)
+        warnings[host, key] = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings["0.0.0.0", None]) == 1 and "--api-key" in warnings["0.0.0.0", None][0]
+    assert warnings["0.0.0.0", "k"] == warnings["127.0.0.1", None] == []
+
+
+def test_an_unexpected_failure_is_a_500_in_openais_shape_and_the_server_goes_on(url, monkeypatch):
+    from gptscratch.serve import api
+
+    def boom(body, server):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(api, "parse_completion", boom)
+    resp = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert resp.status_code == 500 and resp.json()["error"]["type"] == "server_error"
+    monkeypatch.undo()
+    ok = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert ok.status_code == 200
+
+
+def raw_connection(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(20)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_that_dribbles_its_request_is_answered_408_and_disconnected(engine):
+    with serving_in_thread(engine, "tiny", limits=Limits(request_timeout=0.5)) as base:
+        head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        for sent in (head, head + b'Content-Length: 100\r\n\r\n{"model": "ti'):
+            with raw_connection(base) as sock:
+                sock.sendall(sent)
+                reply = read_all(sock)  # today: held for as long as the client likes
+            status, _, body = reply.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 408") and "did not arrive" in json.loads(body)["error"]["message"]
+        with raw_connection(base) as sock:  # a connection that sends nothing is closed without a word
+            assert read_all(sock) == b""
+        assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(engine):
+    with serving_in_thread(engine, "tiny", limits=Limits(keep_alive_timeout=0.3)) as base:
+        with raw_connection(base) as sock:
+            sock.settimeout(3)  # well under uvicorn's own default of 5 s
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = read_all(sock)  # the answer, then the close once idle
+        assert reply.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in reply
+
+
+def test_connections_beyond_the_cap_get_a_503_and_are_closed(engine):
+    with serving_in_thread(engine, "tiny", limits=Limits(max_connections=3)) as base:
+        held = [raw_connection(base) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # the server has taken all three
+            with raw_connection(base) as extra:
+                status, _, body = read_all(extra).partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 503") and "--max-connections" in json.loads(body)["error"]["message"]
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_malformed_http_gets_openais_error_shape(url):
+    with raw_connection(url) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        status, _, body = read_all(sock).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and json.loads(body)["error"]["message"]
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 
@@ -310,6 +555,49 @@ def test_cli_serve_without_the_extra_says_which(monkeypatch, capsys):
     assert main(["serve", "--hf", "gpt2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "[serve]" in err and "uvicorn" in err
+
+
+BAD_SERVE_FLAGS = [
+    (["--api-key", ""], "--api-key"),  # no client could ever send it
+    (["--api-key", "key "], "--api-key"),  # a header loses the space at its end
+    (["--api-key", "kéy"], "--api-key"),
+    (["--api-key", "k\x07y"], "--api-key"),
+    (["--max-body", "0"], "--max-body"),
+    (["--max-body", "1023"], "--max-body"),
+    (["--max-body", "-5"], "--max-body"),
+    (["--request-timeout", "0"], "--request-timeout"),
+    (["--request-timeout", "nan"], "--request-timeout"),
+    (["--keep-alive-timeout", "-1"], "--keep-alive-timeout"),
+    (["--max-connections", "0"], "--max-connections"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_SERVE_FLAGS, ids=[" ".join(f) for f, _ in BAD_SERVE_FLAGS])
+def test_cli_serve_refuses_an_unusable_flag_in_one_line_before_loading_the_model(tmp_path, capsys, flags, named):
+    from gptscratch.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "no-such-run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "no-such-run" not in err
+
+
+def test_cli_serve_hands_its_limits_to_the_server_and_lists_them_in_help(tmp_path, model, monkeypatch, capsys):
+    import gptscratch.serve
+    from gptscratch.cli import build_parser, main
+    from gptscratch.hf import save_hf
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(flag in shown for flag in ("--request-timeout", "--keep-alive-timeout", "--max-connections"))
+    defaults = build_parser().parse_args(["serve", "--hf", "x"])
+    assert Limits(defaults.request_timeout, defaults.keep_alive_timeout, defaults.max_connections) == Limits()
+    save_hf(model, tmp_path / "tiny-hf")
+    seen: dict = {}
+    monkeypatch.setattr(gptscratch.serve, "serve", lambda model, name, **kwargs: seen.update(kwargs))
+    assert main(["serve", "--hf", str(tmp_path / "tiny-hf"), "--request-timeout", "7", "--keep-alive-timeout", "2.5",
+                 "--max-connections", "9", "--api-key", "s3cret", "--max-body", "1024"]) == 0
+    assert seen["limits"] == Limits(7.0, 2.5, 9) and (seen["api_key"], seen["max_body"]) == ("s3cret", 1024)
 
 
 # --- the page in a real browser --------------------------------------------------------------------

@@ -21,7 +21,12 @@ from gptscratch.errors import UserError
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+
+# Below this temperature sampling is greedy, as OpenAI's API treats 0. softmax(logits / T) is already one-hot
+# there for any gap between the top two logits above 1e-3 (e^-100), and a far smaller T would overflow float32
+# (1e-300 rounds to 0 in it, and logits / 0 are NaN).
+GREEDY_BELOW = 1e-5
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -32,8 +37,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p; the first always stays
+        # drop a token when the tokens ranked above it already reach top_p. The first always stays, said
+        # outright: a top_p below float32's smallest value compares as 0, which would drop it too.
         drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -55,9 +62,10 @@ def next_token(
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Pick one token per row from last-position logits (B, vocab)."""
+    """Pick one token per row from last-position logits (B, vocab). Below GREEDY_BELOW the temperature is
+    greedy; any top_p > 0 keeps at least the most likely token."""
     logits = logits.float()
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k < logits.size(-1):
         # Sample among the k candidates only: the same distribution as masking the rest to -inf, but
@@ -110,7 +118,8 @@ def generate(
                     logits, _ = model(idx[:, -block:], cache=cache, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-            logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
+            # neither padded rows nor ids the tokenizer lacks (a model trained with vocab_size 50304) are sampled
+            logits = logits[:, -1, : min(config.vocab_size, VOCAB_SIZE)]
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 tok = torch.where(done, torch.full_like(tok, stop_token), tok)
@@ -172,7 +181,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompt", default="<|endoftext|>", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 (or anything below 1e-5) for greedy decoding")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
     p.add_argument("--num-samples", type=int, default=1)
