@@ -1,3 +1,5 @@
+"""generate.py: cached sampling against uncached and transformers decoding, the sampling filters, safe settings."""
+
 import pytest
 import torch
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import queue
 import random
 import threading
 import time
@@ -324,27 +323,3 @@ def top_dict(logp: torch.Tensor, k: int) -> dict[int, float]:
         return {}
     values, ids = torch.topk(logp, k)
     return {int(i): float(v) for i, v in zip(ids, values, strict=True)}
-
-
-def run_until_done(engine: Engine, requests: list[Request], timeout: float = 600.0) -> None:
-    """Submit and wait: for tests and benchmarks that drive the engine without HTTP. An engine not started
-    yet is started once everything is submitted, so the requests are admitted together."""
-    done: queue.SimpleQueue = queue.SimpleQueue()
-    remaining = {id(r): r.n for r in requests}
-
-    def watch(request: Request, inner: Callable[[Event], None]) -> Callable[[Event], None]:
-        def on_event(event: Event) -> None:
-            inner(event)
-            if event.finish_reason is not None:
-                done.put(id(request))
-        return on_event
-
-    for r in requests:
-        r.on_event = watch(r, r.on_event)
-        engine.submit(r)
-    if engine.thread is None:
-        engine.start()
-    total = sum(remaining.values())
-    deadline = time.monotonic() + timeout
-    for _ in range(total):
-        done.get(timeout=max(0.0, deadline - time.monotonic()))

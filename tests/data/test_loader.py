@@ -16,16 +16,9 @@ import torch
 from gptscratch.data.loader import RowPermutation, TokenLoader
 from gptscratch.data.prepare import prepare
 from gptscratch.errors import UserError
+from tests.helpers import write_llmc_shard
 
-
-def write_llmc_shard(path: Path, tokens, magic: int = 20240520, version: int = 1, count: int | None = None) -> None:
-    """A shard as llm.c's dev/data/data_common.py writes it, written here without the package."""
-    tokens = np.asarray(tokens, dtype=np.uint16)
-    header = np.zeros(256, dtype=np.int32)
-    header[0], header[1], header[2] = magic, version, len(tokens) if count is None else count
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
+SIZES = [1000, 37, 0, 2011, 500, 1]  # windows straddle shards; one shard is shorter than a window
 
 
 def numbered_shards(root: Path, sizes: list[int], split: str = "train", first: int = 0) -> np.ndarray:
@@ -43,7 +36,11 @@ def positions(x: torch.Tensor) -> list[int]:
     return x.flatten().tolist()
 
 
-SIZES = [1000, 37, 0, 2011, 500, 1]  # windows straddle shards; one shard is shorter than a window
+def rows_of(x: torch.Tensor, T: int) -> list[int]:
+    """The row index of each batch row (row k starts at stream position k*T; ids are positions)."""
+    starts = x[:, 0].tolist()
+    assert all(s % T == 0 for s in starts)
+    return [s // T for s in starts]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -170,13 +167,6 @@ def test_bad_shards_and_short_splits(tmp_path):
     loader = TokenLoader(single("vocab", np.full(50, 50257 % 65536)), "train", 1, 4)
     with pytest.raises(UserError, match="token id 50257 is not below"):
         loader.next_batch()  # the id check runs when the shard is first opened
-
-
-def rows_of(x: torch.Tensor, T: int) -> list[int]:
-    """The row index of each batch row (row k starts at stream position k*T; ids are positions)."""
-    starts = x[:, 0].tolist()
-    assert all(s % T == 0 for s in starts)
-    return [s // T for s in starts]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 257, 1000, 4097])

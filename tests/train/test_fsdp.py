@@ -1,9 +1,9 @@
-"""--parallel fsdp under torchrun (2 processes, gloo): the same training as one process, exact resume after
-SIGKILL, sharded checkpoints that resume at another world size and export like any other."""
+"""train/fsdp.py: --parallel fsdp under torchrun (2 processes, gloo): the same training as one process, exact
+resume after SIGKILL, sharded checkpoints that resume at another world size and export like any other.
+"""
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,8 +16,7 @@ from gptscratch import testing
 from gptscratch.cli import main
 from gptscratch.io import read_safetensors
 from gptscratch.train.checkpoint import load_checkpoint, load_model
-
-from .test_train import gptscratch, halted, read_metrics, shards, train_losses  # noqa: F401  (shards: a fixture)
+from tests.helpers import gptscratch, halted, read_metrics, train_losses
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32"]  # float32: exactness is promised for it
 QUIET = ["--num-samples", "1", "--sample-tokens", "1"]
@@ -75,7 +74,7 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike(shards, tmp_path):  # noqa: F811
+def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike(shards, tmp_path):
     common = [*TINY, "--data", str(shards), "--max-steps", "10", "--batch-size", "2", "--total-batch-tokens", "128",
               "--eval-interval", "5", "--ckpt-interval", "5", *QUIET]
     rows = [{"ind": i, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat",
@@ -103,7 +102,7 @@ def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike
                     read_safetensors(tmp_path / "hf-two" / "model.safetensors")) <= 1e-5
 
 
-def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):  # noqa: F811
+def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):
     # rope, QK-norm, SwiGLU, an untied head, and Muon on sharded matrices (optim.ShardedMuon gathers them)
     common = [*TINY, "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd", "--data", str(shards),
               "--max-steps", "4", "--batch-size", "2", "--total-batch-tokens", "128", "--lr", "3e-3",
@@ -116,7 +115,7 @@ def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):  # n
     assert max_diff(load_model(tmp_path / "two").state_dict(), load_model(tmp_path / "one").state_dict()) <= 1e-5
 
 
-def test_fsdp_sigkill_in_a_checkpoint_write_then_resume_repeats_the_losses(shards, tmp_path, capsys):  # noqa: F811
+def test_fsdp_sigkill_in_a_checkpoint_write_then_resume_repeats_the_losses(shards, tmp_path, capsys):
     common = [*TINY, "--parallel", "fsdp", "--data", str(shards), "--max-steps", "12", "--ckpt-interval", "4",
               "--eval-interval", "0", *QUIET]
     ref = torchrun("train", *common, "--out", str(tmp_path / "ref"))
@@ -152,54 +151,12 @@ def test_fsdp_sigkill_in_a_checkpoint_write_then_resume_repeats_the_losses(shard
     assert "cannot be read as the sharded weights" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
-def test_when_a_rank_is_killed_the_survivor_stops_with_one_line_naming_it(shards, tmp_path, parallel):  # noqa: F811
-    p = torchrun("train", *TINY, "--parallel", parallel, "--data", str(shards), "--out", str(tmp_path / "run"),
-                 "--max-steps", "20", "--eval-interval", "0", *QUIET, env={testing.HALT: "step:3@1"})
-    seen = halted(p)  # rank 1 stopped after its third step; rank 0 waits for it in the next exchange
-    os.kill(int(re.search(r"halted at step:3 \(pid (\d+)\)", seen)[1]), signal.SIGKILL)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode != 0
-    survivor = [line for line in err.splitlines() if line.startswith("gptscratch train:")]
-    assert survivor[-1].startswith("gptscratch train: error: rank 1 of 2 ended (killed, or crashed"), err[-3000:]
-    assert "--resume" in survivor[-1]
-    assert "[rank0]" not in err and "gloo" not in err, err[-3000:]  # no traceback of the survivor's
-
-
-def test_a_survivor_names_the_ranks_whose_process_ended_in_a_world_of_more_than_two(monkeypatch):
-    import socket
-
-    import torch.distributed as dist
-
-    from gptscratch.train import distributed
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # ended and reaped: its pid names no process now
-    store = dist.HashStore()
-    host = socket.gethostname()
-    for rank, where in enumerate([f"{host} {os.getpid()}", f"{host} {gone.pid}", f"{host} {os.getpid()}",
-                                  f"elsewhere {gone.pid}"]):  # a rank on another machine cannot be seen from here
-        store.set(distributed.PROCESS_KEY.format(rank=rank), where)
-    monkeypatch.setattr(distributed, "_store", lambda: store)
-    d = distributed.Dist(rank=2, world_size=4)
-    error = distributed.lost_rank(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1234"), d)
-    assert str(error).startswith("rank 1 of 4 ended (killed, or crashed") and "while rank 2 was" in str(error)
-    # whatever the words, a rank whose process has ended is what stopped this one
-    assert str(distributed.lost_rank(RuntimeError("Timed out"), distributed.Dist(rank=0, world_size=4))).startswith(
-        "rank 1 of 4 ended")
-    store.set(distributed.PROCESS_KEY.format(rank=1), f"{host} {os.getpid()}")  # every rank here alive
-    assert distributed.lost_rank(RuntimeError("shape mismatch"), d) is None  # a bug keeps its traceback
-    # the peer gone, and not from this machine: which rank cannot be told
-    assert str(distributed.lost_rank(RuntimeError("Connection reset by peer"), d)).startswith("another rank of 4")
-    assert distributed.lost_rank(ValueError("Connection closed by peer"), d) is None
-
-
 def test_fsdp_refuses_cuda_graphs(capsys):
     assert main(["train", "--preset", "tiny", "--parallel", "fsdp", "--compile-mode", "reduce-overhead"]) == 2
     assert "combine with --parallel fsdp" in capsys.readouterr().err
 
 
-def test_fsdp_checkpoint_layout(shards, tmp_path):  # noqa: F811
+def test_fsdp_checkpoint_layout(shards, tmp_path):
     # one process under --parallel fsdp writes the same sharded layout (the GPU check's world size 1)
     assert main(["train", *TINY, "--parallel", "fsdp", "--data", str(shards), "--out", str(tmp_path / "r"),
                  "--max-steps", "2", "--eval-interval", "0", *QUIET]) == 0
@@ -211,7 +168,7 @@ def test_fsdp_checkpoint_layout(shards, tmp_path):  # noqa: F811
 def test_fsdp_holds_half_of_ddps_parameter_gradient_and_optimizer_bytes_per_rank(tmp_path):
     # `python -m benchmarks fsdp-memory` counts each rank's local tensors; 2 ranks: 16 bytes a parameter under
     # DDP (float32 weights, gradients, AdamW's two moments), 8 under FSDP (plus AdamW's step counters)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     p = subprocess.run([sys.executable, "-m", "benchmarks", "fsdp-memory", "--preset", "tiny", "--steps", "1", "--json",
                         str(tmp_path / "m.json")], cwd=root,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")},

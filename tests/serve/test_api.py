@@ -1,17 +1,11 @@
-"""`gptscratch serve`: the batched engine, the OpenAI API through the real `openai` client, bad input, and
-the page in a real headless Chromium."""
+"""serve/api.py: the OpenAI API through the real `openai` client and raw HTTP, bad and hostile input, limits."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,53 +15,43 @@ from openai import APIError, APIStatusError, OpenAI
 from gptscratch.generate import generate
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.serve import Limits, serving_in_thread
-from gptscratch.serve.engine import Choice, Engine, QueueFull, Request, Sampling, run_until_done
+from gptscratch.serve.engine import Choice, Engine, Request, Sampling
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from tests.helpers import run_until_done
 
 ENC = get_encoding()
-
-
-def tiny_model(**options) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=1024, n_layer=2, n_head=2, n_embd=32, **options)).eval()
-    for p in model.parameters():  # a random init this wide picks varied tokens; 0.02 would repeat one
-        torch.nn.init.normal_(p, std=0.3)
-    return model
-
-
-@pytest.fixture(scope="module")
-def model() -> GPT:
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def engine(model):
-    engine = Engine(model, max_batch=4, max_queue=16).start()
-    yield engine
-    engine.stop()
-
-
-@pytest.fixture(scope="module")
-def url(engine):
-    with serving_in_thread(engine, "tiny") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def client(url) -> OpenAI:
-    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+PROMPTS = ["Hello, I'm a language model,", "The", "Once upon a time, in a land far", "import numpy as"]
+BAD = [
+    (b"{not json", 400, None),
+    (json.dumps([1, 2]).encode(), 400, None),
+    ({"prompt": "x"}, 400, "model"),
+    ({"model": "other", "prompt": "x"}, 404, "model"),
+    ({"model": "tiny", "prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "x", "temperature": -0.5}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ({"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream"),
+    ({"model": "tiny", "prompt": "x", "wat": 1}, 400, "wat"),
+    ({"model": "tiny", "prompt": "hi " * 1100}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 1024}, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": [[1, 2, 99999]]}, 400, "prompt"),
+    ({"model": "tiny", "prompt": "x", "n": 50}, 400, "n"),
+    ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"model": "tiny", "prompt": "x", "logprobs": True}, 400, "logprobs"),
+    (b'{"model": "tiny", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, None),
+    (b'{"model": "tiny", "prompt": "x", "seed": ' + b"9" * 5000 + b"}", 400, None),
+    (b'{"model": "tiny", "prompt": "a\\ud800b"}', 400, "prompt"),
+    (b'{"model": "tiny", "prompt": "x", "stop": ["\\udfff"]}', 400, "stop"),
+    (b'{"model": "\\ud800", "prompt": "x"}', 400, "model"),
+]
+HOSTILE = [{"temperature": 1e-300}, {"temperature": 1e-40, "top_k": 5}, {"temperature": 5e-324},
+           {"top_p": 1e-300}, {"top_p": 5e-324, "top_k": 5}]
 
 
 def greedy(model: GPT, prompt: str, n: int) -> str:
     ids = ENC.encode(prompt, allowed_special={"<|endoftext|>"})
     out = generate(model, torch.tensor([ids]), n, temperature=0.0, stop_token=EOT_TOKEN)[0, len(ids):].tolist()
     return ENC.decode([t for t in out if t != EOT_TOKEN])
-
-
-PROMPTS = ["Hello, I'm a language model,", "The", "Once upon a time, in a land far", "import numpy as"]
-
-
-# --- the engine ------------------------------------------------------------------------------------
 
 
 def collect(requests: list[Request]) -> dict[int, list[int]]:
@@ -79,52 +63,37 @@ def collect(requests: list[Request]) -> dict[int, list[int]]:
     return tokens
 
 
-@pytest.mark.parametrize("options", [{}, {"pos_embedding": "rope", "qk_norm": True, "norm": "rmsnorm"}],
-                         ids=["gpt2", "rope"])
-def test_batched_greedy_equals_generate_and_a_seed_is_reproducible_alone_or_batched(options):
-    model = tiny_model(**options)
-    engine = Engine(model, max_batch=4)  # not started yet: everything submitted is admitted together
-    prompts = [ENC.encode(p) for p in PROMPTS]
-    greedy_reqs = [Request(p, Sampling(max_tokens=12, temperature=0.0), first_index=10 + 10 * i)
-                   for i, p in enumerate(prompts[:2])]
-    seeded = lambda: Request(prompts[2], Sampling(max_tokens=12, temperature=1.0, top_k=40, seed=5), n=2)  # noqa: E731
-    batched = [*greedy_reqs, seeded()]
-    tokens = collect(batched)
-    try:
-        run_until_done(engine, batched)  # starts the engine once all four are queued
-        steps_batched = engine.steps
-        alone = [seeded()]
-        tokens_alone = collect(alone)
-        run_until_done(engine, alone)
-    finally:
-        engine.stop()
-    assert steps_batched < 4 * 11  # the four sequences shared forward passes
-    for i, p in enumerate(prompts[:2]):
-        want = generate(model, torch.tensor([p]), 12, temperature=0.0, stop_token=EOT_TOKEN)[0, len(p):].tolist()
-        assert tokens[10 + 10 * i] == [t for t in want if t != EOT_TOKEN]
-    assert (tokens_alone[0], tokens_alone[1]) == (tokens[0], tokens[1]) and tokens[0] != tokens[1]
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
-def test_stop_strings_end_the_text_before_them(model, engine):
-    full = greedy(model, PROMPTS[0], 12)
-    stop = full[len(full) // 2 : len(full) // 2 + 3]
-    events = []
-    request = Request(ENC.encode(PROMPTS[0]), Sampling(max_tokens=12, temperature=0.0, stop=(stop,)))
-    request.on_event = events.append
-    run_until_done(engine, [request])
-    text = "".join(e.text for e in events)
-    assert text == full[: full.index(stop)] and events[-1].finish_reason == "stop"
+def padded_model() -> GPT:
+    """vocab_size 50304, as nanoGPT trains GPT-2: 47 rows the tokenizer has no token for, made to win every pick
+    (every position's final hidden state is all ones, and so are those rows alone)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[50257:] = 1.0
+    return model
 
 
-def test_a_full_queue_refuses_at_once(model):
-    engine = Engine(model, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
-    for _ in range(2):
-        engine.submit(Request([1], Sampling()))
-    with pytest.raises(QueueFull):
-        engine.submit(Request([1], Sampling()))
+def raw_connection(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(20)
+    return sock
 
 
-# --- the API through the openai client -------------------------------------------------------------
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 def test_plain_completion_equals_the_library(client, model):
@@ -186,31 +155,6 @@ def test_concurrent_clients_each_get_their_own_answer(client, model):
     for t in threads:
         t.join(timeout=120)
     assert {i: results[i] for i in range(8)} == {i: greedy(model, PROMPTS[i % 4], 8) for i in range(8)}
-
-
-BAD = [
-    (b"{not json", 400, None),
-    (json.dumps([1, 2]).encode(), 400, None),
-    ({"prompt": "x"}, 400, "model"),
-    ({"model": "other", "prompt": "x"}, 404, "model"),
-    ({"model": "tiny", "prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
-    ({"model": "tiny", "prompt": "x", "temperature": -0.5}, 400, "temperature"),
-    ({"model": "tiny", "prompt": "x", "top_p": 0}, 400, "top_p"),
-    ({"model": "tiny", "prompt": "x", "top_p": 1.5}, 400, "top_p"),
-    ({"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream"),
-    ({"model": "tiny", "prompt": "x", "wat": 1}, 400, "wat"),
-    ({"model": "tiny", "prompt": "hi " * 1100}, 400, "prompt"),
-    ({"model": "tiny", "prompt": "hi", "max_tokens": 1024}, 400, "max_tokens"),
-    ({"model": "tiny", "prompt": [[1, 2, 99999]]}, 400, "prompt"),
-    ({"model": "tiny", "prompt": "x", "n": 50}, 400, "n"),
-    ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({"model": "tiny", "prompt": "x", "logprobs": True}, 400, "logprobs"),
-    (b'{"model": "tiny", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, None),
-    (b'{"model": "tiny", "prompt": "x", "seed": ' + b"9" * 5000 + b"}", 400, None),
-    (b'{"model": "tiny", "prompt": "a\\ud800b"}', 400, "prompt"),
-    (b'{"model": "tiny", "prompt": "x", "stop": ["\\udfff"]}', 400, "stop"),
-    (b'{"model": "\\ud800", "prompt": "x"}', 400, "model"),
-]
 
 
 @pytest.mark.parametrize("body,status,param", BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
@@ -280,12 +224,6 @@ def test_api_key_and_body_cap(model):
         engine.stop()
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_a_disconnected_non_streaming_client_frees_its_row_within_a_few_steps(url, engine):
     body = json.dumps({"model": "tiny", "prompt": "<|endoftext|>", "max_tokens": 1000, "temperature": 1.0}).encode()
     host, port = url.removeprefix("http://").split(":")
@@ -300,10 +238,6 @@ def test_a_disconnected_non_streaming_client_frees_its_row_within_a_few_steps(ur
     assert engine.steps - closed_at < 100  # 1000 tokens were asked for
 
 
-HOSTILE = [{"temperature": 1e-300}, {"temperature": 1e-40, "top_k": 5}, {"temperature": 5e-324},
-           {"top_p": 1e-300}, {"top_p": 5e-324, "top_k": 5}]
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("sampling", HOSTILE, ids=[json.dumps(h) for h in HOSTILE])
 def test_vanishing_temperature_or_top_p_is_greedy_and_the_server_keeps_serving(client, model, sampling, stream):
@@ -312,18 +246,6 @@ def test_vanishing_temperature_or_top_p_is_greedy_and_the_server_keeps_serving(c
     text = "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
     assert text == greedy(model, PROMPTS[0], 8)
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2, temperature=1).choices[0].finish_reason
-
-
-def padded_model() -> GPT:
-    """vocab_size 50304, as nanoGPT trains GPT-2: 47 rows the tokenizer has no token for, made to win every pick
-    (every position's final hidden state is all ones, and so are those rows alone)."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=1, n_embd=8)).eval()
-    with torch.no_grad():
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.fill_(1.0)
-        model.transformer.wte.weight[50257:] = 1.0
-    return model
 
 
 def test_a_model_with_more_rows_than_the_tokenizer_serves_only_ids_it_has():
@@ -431,20 +353,6 @@ def test_a_loopback_server_answers_only_to_loopback_host_names(url, engine):
         assert resp.status_code == 200
 
 
-def test_binding_beyond_loopback_without_an_api_key_prints_a_one_line_warning(model, monkeypatch, capsys):
-    import uvicorn
-
-    from gptscratch.serve import serve
-
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # bind, say so, stop
-    warnings = {}
-    for host, key in (("0.0.0.0", None), ("0.0.0.0", "k"), ("127.0.0.1", None)):
-        serve(model, "tiny", host=host, port=0, api_key=key)
-        warnings[host, key] = capsys.readouterr().err.strip().splitlines()
-    assert len(warnings["0.0.0.0", None]) == 1 and "--api-key" in warnings["0.0.0.0", None][0]
-    assert warnings["0.0.0.0", "k"] == warnings["127.0.0.1", None] == []
-
-
 def test_an_unexpected_failure_is_a_500_in_openais_shape_and_the_server_goes_on(url, monkeypatch):
     from gptscratch.serve import api
 
@@ -457,21 +365,6 @@ def test_an_unexpected_failure_is_a_500_in_openais_shape_and_the_server_goes_on(
     monkeypatch.undo()
     ok = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
     assert ok.status_code == 200
-
-
-def raw_connection(base: str) -> socket.socket:
-    host, port = base.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.settimeout(20)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def test_a_client_that_dribbles_its_request_is_answered_408_and_disconnected(engine):
@@ -517,143 +410,3 @@ def test_malformed_http_gets_openais_error_shape(url):
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         status, _, body = read_all(sock).partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 400") and json.loads(body)["error"]["message"]
-
-
-# --- the command -----------------------------------------------------------------------------------
-
-
-def test_cli_serve_answers_as_sample_does_and_binds_loopback(tmp_path, model):
-    from gptscratch.cli import build_parser
-    from gptscratch.hf import save_hf
-
-    assert build_parser().parse_args(["serve", "--hf", "x"]).host == "127.0.0.1"
-    hf_dir = tmp_path / "tiny-hf"
-    save_hf(model, hf_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    prompt = "Hello, I'm a language model,"
-    sample = subprocess.run([sys.executable, "-m", "gptscratch", "sample", "--hf", str(hf_dir), "--prompt", prompt,
-                             "--max-new-tokens", "12", "--temperature", "0"], capture_output=True, text=True,
-                            env=env, timeout=300, check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "gptscratch", "serve", "--hf", str(hf_dir), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving tiny-hf at http://127.0.0.1:"), line + proc.stderr.read()
-        base = line.split(" at ")[1].split(" ")[0]
-        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
-        text = client.completions.create(model="tiny-hf", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert sample.stdout == prompt + text + "\n"
-
-
-def test_cli_serve_without_the_extra_says_which(monkeypatch, capsys):
-    from gptscratch.cli import main
-
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
-    assert main(["serve", "--hf", "gpt2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "[serve]" in err and "uvicorn" in err
-
-
-BAD_SERVE_FLAGS = [
-    (["--api-key", ""], "--api-key"),  # no client could ever send it
-    (["--api-key", "key "], "--api-key"),  # a header loses the space at its end
-    (["--api-key", "kéy"], "--api-key"),
-    (["--api-key", "k\x07y"], "--api-key"),
-    (["--max-body", "0"], "--max-body"),
-    (["--max-body", "1023"], "--max-body"),
-    (["--max-body", "-5"], "--max-body"),
-    (["--request-timeout", "0"], "--request-timeout"),
-    (["--request-timeout", "nan"], "--request-timeout"),
-    (["--keep-alive-timeout", "-1"], "--keep-alive-timeout"),
-    (["--max-connections", "0"], "--max-connections"),
-]
-
-
-@pytest.mark.parametrize("flags,named", BAD_SERVE_FLAGS, ids=[" ".join(f) for f, _ in BAD_SERVE_FLAGS])
-def test_cli_serve_refuses_an_unusable_flag_in_one_line_before_loading_the_model(tmp_path, capsys, flags, named):
-    from gptscratch.cli import main
-
-    assert main(["serve", "--ckpt", str(tmp_path / "no-such-run"), *flags]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and named in err and "no-such-run" not in err
-
-
-def test_cli_serve_hands_its_limits_to_the_server_and_lists_them_in_help(tmp_path, model, monkeypatch, capsys):
-    import gptscratch.serve
-    from gptscratch.cli import build_parser, main
-    from gptscratch.hf import save_hf
-
-    with pytest.raises(SystemExit):
-        main(["serve", "--help"])
-    shown = " ".join(capsys.readouterr().out.split())
-    assert all(flag in shown for flag in ("--request-timeout", "--keep-alive-timeout", "--max-connections"))
-    defaults = build_parser().parse_args(["serve", "--hf", "x"])
-    assert Limits(defaults.request_timeout, defaults.keep_alive_timeout, defaults.max_connections) == Limits()
-    save_hf(model, tmp_path / "tiny-hf")
-    seen: dict = {}
-    monkeypatch.setattr(gptscratch.serve, "serve", lambda model, name, **kwargs: seen.update(kwargs))
-    assert main(["serve", "--hf", str(tmp_path / "tiny-hf"), "--request-timeout", "7", "--keep-alive-timeout", "2.5",
-                 "--max-connections", "9", "--api-key", "s3cret", "--max-body", "1024"]) == 0
-    assert seen["limits"] == Limits(7.0, 2.5, 9) and (seen["api_key"], seen["max_body"]) == ("s3cret", 1024)
-
-
-# --- the page in a real browser --------------------------------------------------------------------
-
-
-def browser_paths() -> tuple[str, str] | None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    return (chromium, driver) if chromium and driver else None
-
-
-@pytest.mark.skipif(browser_paths() is None, reason="no Chromium and chromedriver on this machine (.ci/run "
-                    "installs Debian's chromium and chromium-driver where apt can)")
-def test_the_page_streams_a_completion_in_headless_chromium(url, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    chromium, driver_path = browser_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,800"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        driver.get(url + "/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_element(By.ID, "model").text.startswith("tiny"))
-        prompt = driver.find_element(By.ID, "prompt")
-        prompt.clear()
-        prompt.send_keys("<b>not bold</b> Once upon a time")
-        max_tokens = driver.find_element(By.ID, "max_tokens")
-        max_tokens.clear()
-        max_tokens.send_keys("24")
-        driver.find_element(By.ID, "generate").click()
-        wait.until(lambda d: d.find_element(By.ID, "generate").text == "Generate"
-                   and d.find_element(By.ID, "completion").text)
-        assert "tokens/s" in driver.find_element(By.ID, "stats").text
-        assert not driver.find_element(By.ID, "key-box").is_displayed()  # this server asks for no key
-        assert driver.find_element(By.ID, "error").text == ""
-        assert driver.find_element(By.ID, "shown-prompt").text.startswith("<b>not bold</b>")  # text, not HTML
-        assert not driver.find_elements(By.CSS_SELECTOR, "#output b")
-        shot = Path(tmp_path) / "page.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 1000
-    finally:
-        driver.quit()
-
-
-def test_a_served_checkpoint_is_named_after_its_run():
-    from gptscratch.cli import build_parser
-    from gptscratch.hf.pretrained import model_name
-
-    run = Path(__file__).parent / "fixtures" / "ckpt_1ae9fdd" / "run"
-    step = sorted((run / "checkpoints").iterdir())[-1]
-    for path in (run, run / "checkpoints", step):
-        assert model_name(build_parser().parse_args(["serve", "--ckpt", str(path)])) == "run"
-    assert model_name(build_parser().parse_args(["serve", "--hf", "gpt2-medium"])) == "gpt2-medium"

@@ -1,5 +1,6 @@
 """The benchmarks (benchmarks/, outside the package) run end to end on tiny shapes and print their tables; no test
-asserts a speed."""
+asserts a speed.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--device", "cpu", 
 
 def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_gpu_ab(*args, tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OUT": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "benchmarks", "gpu-ab", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bf16"])
@@ -92,13 +100,6 @@ def test_bench_gpu_dry_run_survives_oom_and_writes_summary(tmp_path, capsys):
     assert last_json(out)["bench"] == "gpu"
 
 
-def run_gpu_ab(*args, tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OUT": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "benchmarks", "gpu-ab", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_gpu_ab_dry_run_times_every_variant(tmp_path):
     # compile is left out here (inductor on 2 cores is slow); the GPU run compiles every variant
     p = run_gpu_ab("--dry-run", "--no-compile", "--variants", "full,chunked+cudnn,chunked+b4", "--repeats", "2",
@@ -124,7 +125,7 @@ def test_bench_rejects_bad_shapes(capsys):
 
 def test_python_m_benchmarks_runs_from_the_checkouts_root_and_errors_in_one_line(tmp_path):
     # `python -m benchmarks NAME` is the one way to run a benchmark (they are not installed with the package)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
 
     def bench(*args):
@@ -147,7 +148,7 @@ def test_every_benchmark_is_python_m_benchmarks_name_and_none_is_a_script_of_its
     sub = next(a for a in build_parser()._actions if a.dest == "bench_command")
     assert set(sub.choices) == {"train", "generate", "prepare", "serve", "loader", "fsdp-memory", "nanogpt",
                                 "recipes", "gpu", "gpu-ab", "train-check"}
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
     scripts = sorted(p.name for p in folder.glob("*.py") if '__name__ == "__main__"' in p.read_text())
     assert scripts == ["__main__.py", "fsdp_memory.py"]  # fsdp_memory.py: the worker torchrun starts on each rank
     assert sorted(p.name for p in folder.glob("*.sh")) == ["gpu.sh"]

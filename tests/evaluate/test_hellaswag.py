@@ -1,4 +1,5 @@
-"""HellaSwag eval: agreement with an unbatched transformers loop, a known answer, sharding, files, the CLI."""
+"""HellaSwag eval: agreement with an unbatched transformers loop, a known answer, sharding, files, the CLI.
+"""
 
 from __future__ import annotations
 
@@ -30,13 +31,37 @@ from gptscratch.precision import autocast_dtype
 from gptscratch.tokenizer import get_encoding
 
 transformers = pytest.importorskip("transformers")
-
 BLOCK = 64  # the tiny model's n_positions: several test contexts are longer, so cropping is exercised
 WORDS = [
     "the", "a", "man", "woman", "dog", "cat", "runs", "jumps", "over", "under", "quickly", "slowly", "red",
     "blue", "house", "river", "mountain", "and", "then", "it", "is", "was", "on", "in", "with", "for", "to",
     "of", "ball", "kitchen", "knife", "bread", "water", "sun",
 ]
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from gptscratch.evaluate.hellaswag import hellaswag_eval, load_examples
+    from gptscratch.hf import load_hf
+
+    # a rendezvous file, not a port: a free port picked by the test could be taken before rank 0 binds it
+    rank, world = int(sys.argv[4]), 2
+    dist.init_process_group("gloo", init_method=f"file://{sys.argv[3]}/rendezvous", rank=rank, world_size=world)
+    result = hellaswag_eval(load_hf(sys.argv[1]), load_examples(sys.argv[2]), "cpu",
+                            batch_size=2, rank=rank, world_size=world)
+    with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+    """
+)
+BAD_FILES = {
+    "malformed": (lambda good: good + "\n{not json\n", ":2: not valid JSON"),
+    "label": (lambda good: good + "\n" + _record(label=4) + "\n", ":2: 'label' must be an integer 0-3"),
+    "bool label": (lambda good: _record(label=True) + "\n", ":1: 'label' must be an integer"),
+    "no label": (lambda good: _record(label=None).replace('"label": null, ', "") + "\n", "missing 'label'"),
+    "endings": (lambda good: _record(endings=["a", "b", "c"]) + "\n", "list of 4 strings, got 3"),
+    "empty": (lambda good: "\n", "no examples"),
+}
 
 
 def _text(rng: random.Random, n_words: int) -> str:
@@ -116,6 +141,10 @@ def reference_losses(hf, examples: list[Example], block_size: int) -> tuple[torc
     return torch.tensor(sums), torch.tensor(means)
 
 
+def _record(**changes) -> str:
+    return json.dumps({**official_record(make_examples(1)[0]), **changes})
+
+
 @pytest.mark.parametrize("vocab_multiple", [1, 64])
 def test_matches_unbatched_transformers_loop(hf_pair, vocab_multiple):
     hf, directory = hf_pair
@@ -182,25 +211,6 @@ def test_eval_mode_during_scoring_and_restored_after(hf_pair):
     assert seen and not any(seen)
 
 
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    import torch.distributed as dist
-    from gptscratch.evaluate.hellaswag import hellaswag_eval, load_examples
-    from gptscratch.hf import load_hf
-
-    # a rendezvous file, not a port: a free port picked by the test could be taken before rank 0 binds it
-    rank, world = int(sys.argv[4]), 2
-    dist.init_process_group("gloo", init_method=f"file://{sys.argv[3]}/rendezvous", rank=rank, world_size=world)
-    result = hellaswag_eval(load_hf(sys.argv[1]), load_examples(sys.argv[2]), "cpu",
-                            batch_size=2, rank=rank, world_size=world)
-    with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:
-        json.dump(result, f)
-    dist.destroy_process_group()
-    """
-)
-
-
 def test_two_gloo_ranks_give_the_one_rank_totals(hf_pair, data_file, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -239,20 +249,6 @@ def test_parses_the_official_format(tmp_path):
         (d["ind"], d["ctx"], d["endings"], d["label"]) for d in lines
     ]
     assert len(load_examples(path, limit=1)) == 1
-
-
-def _record(**changes) -> str:
-    return json.dumps({**official_record(make_examples(1)[0]), **changes})
-
-
-BAD_FILES = {
-    "malformed": (lambda good: good + "\n{not json\n", ":2: not valid JSON"),
-    "label": (lambda good: good + "\n" + _record(label=4) + "\n", ":2: 'label' must be an integer 0-3"),
-    "bool label": (lambda good: _record(label=True) + "\n", ":1: 'label' must be an integer"),
-    "no label": (lambda good: _record(label=None).replace('"label": null, ', "") + "\n", "missing 'label'"),
-    "endings": (lambda good: _record(endings=["a", "b", "c"]) + "\n", "list of 4 strings, got 3"),
-    "empty": (lambda good: "\n", "no examples"),
-}
 
 
 @pytest.mark.parametrize("case", BAD_FILES)

@@ -1,4 +1,5 @@
-"""The quality-comparison scripts' arithmetic: the one val scorer and the seconds-to-target reading."""
+"""The quality-comparison scripts' arithmetic: the one val scorer and the seconds-to-target reading.
+"""
 
 import json
 import math
@@ -53,7 +54,7 @@ def test_timing_alternates_todays_code_with_an_older_tree_and_refuses_a_tree_not
     from benchmarks.recipes import timing
 
     monkeypatch.chdir(tmp_path)  # the runs' default corpus is written under the working directory
-    src = Path(__file__).resolve().parent.parent / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     result = timing(["tiny:--mlp=relu2"], steps=7, repeats=1, out=tmp_path / "t", before=src)
     assert set(result) == {"tiny:--mlp=relu2", "tiny:--mlp=relu2@before"}  # a preset with settings: its own row
     assert all(v > 0 for v in result.values())

@@ -1,8 +1,7 @@
-"""Fine-tuning: --init-from (HF GPT-2, a Qwen3 export, a checkpoint), the finetune preset, `eval loss`."""
+"""hf/pretrained.py: --init-from (HF GPT-2, a Qwen3 export, a checkpoint) and the finetune preset."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,23 +10,9 @@ from gptscratch.cli import main
 from gptscratch.data.loader import TokenLoader
 from gptscratch.hf import load_hf, save_hf
 from gptscratch.model import GPT, GPTConfig
-
-from .test_train import read_metrics, train_losses, write_llmc_shard
+from tests.helpers import read_metrics, train_losses
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    """llm.c shards of random GPT-2 ids: 12k train, 3k val."""
-    rng = np.random.default_rng(0)
-    d = tmp_path / "data"
-    d.mkdir()
-    write_llmc_shard(d / "c_train_000000.bin", rng.integers(0, 2000, 12_000))
-    write_llmc_shard(d / "c_val_000000.bin", rng.integers(0, 2000, 3_000))
-    return d
-
-
 FT = ["--preset", "finetune", "--device", "cpu", "--dtype", "float32", "--seq-len", "32", "--batch-size", "4",
       "--max-steps", "6", "--eval-interval", "3", "--eval-batches", "2", "--ckpt-interval", "3", "--sample-tokens",
       "2", "--num-samples", "1"]
@@ -64,25 +49,6 @@ def test_finetune_resume_is_exact(hf_tiny, corpus, tmp_path):
     assert main(["train", *args, "--out", str(tmp_path / "cut"), "--resume", str(middle)]) == 0
     ref, cut = train_losses(tmp_path / "ref"), train_losses(tmp_path / "cut")
     assert cut == pytest.approx({s: ref[s] for s in range(3, 6)}, rel=1e-5, abs=0)
-
-
-def test_resume_with_another_init_from_is_refused_and_changes_nothing(hf_tiny, corpus, tmp_path, capsys):
-    _, path = hf_tiny
-    tuned, scratch = tmp_path / "tuned", tmp_path / "scratch"
-    assert main(["train", *FT, "--init-from", str(path), "--data", str(corpus), "--out", str(tuned)]) == 0
-    assert main(["train", *FT, "--vocab-multiple", "1", "--n-layer", "2", "--n-head", "4", "--n-embd", "64",
-                 "--data", str(corpus), "--out", str(scratch)]) == 0
-    other = tmp_path / "other"
-    path.rename(other)  # any other source: the resumed run would read none of its weights
-    before = {run: (run / "config.json").read_text() for run in (tuned, scratch)}
-    capsys.readouterr()
-    for run, began in ((tuned, f"began from --init-from {path}"), (scratch, "began from random weights")):
-        assert main(["train", *FT, "--init-from", str(other), "--data", str(corpus), "--out", str(run),
-                     "--resume", "--max-steps", "9"]) == 2
-        err = capsys.readouterr().err
-        assert f"--init-from {other}: " in err and began in err and err.count("\n") == 1, err
-        assert (run / "config.json").read_text() == before[run]
-        assert max(train_losses(run)) == 5  # no step was taken
 
 
 def test_init_from_a_qwen3_export_and_from_a_checkpoint(corpus, tmp_path):
@@ -122,19 +88,3 @@ def test_bad_init_from_is_one_line(hf_tiny, corpus, tmp_path, capsys):
         assert main(["train", *FT, "--data", str(corpus), "--out", str(tmp_path / "x"), *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-
-
-def test_eval_loss_equals_a_transformers_loop_over_every_window(hf_tiny, corpus, capsys):
-    hf, path = hf_tiny
-    assert main(["eval", "loss", "--hf", str(path), "--data", str(corpus), "--seq-len", "50", "--batch-size", "7",
-                 "--json", "--device", "cpu"]) == 0
-    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    val = np.fromfile(corpus / "c_val_000000.bin", dtype=np.uint16, offset=1024).astype(np.int64)
-    losses = []
-    for start in range(0, len(val) - 50, 50):  # one window at a time, transformers' own loss
-        window = torch.from_numpy(val[start:start + 51])[None]
-        with torch.no_grad():
-            losses.append(F.cross_entropy(hf(window[:, :-1]).logits[0], window[0, 1:]).item())
-    assert got["windows"] == len(losses) == (3000 - 1) // 50
-    assert got["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
-    assert got["perplexity"] == pytest.approx(np.exp(got["loss"]))
