@@ -4,9 +4,11 @@ file imports helpers from here, never from another test file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -19,9 +21,14 @@ import pytest
 import torch
 
 from gptscratch import testing
+from gptscratch.cli import main
+from gptscratch.data import prepare as prep
+from gptscratch.generate import generate
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import EOT_TOKEN, get_encoding
 
-TINY = ["--preset", "tiny", "--device", "cpu"]  # the default batch order: rows
+TINY = ["--preset", "tiny", "--device", "cpu"]  # the default batch order: rows; float32, as the preset pins
+TINY_FLOAT32 = [*TINY, "--dtype", "float32"]  # pinned again where exactness is promised
 
 
 def write_llmc_shard(path: Path, tokens, magic: int = 20240520, version: int = 1, count: int | None = None) -> None:
@@ -124,3 +131,105 @@ def run_until_done(engine, requests: list, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     for _ in range(total):
         done.get(timeout=max(0.0, deadline - time.monotonic()))
+
+
+# --- prepared data: documents, and shards read back as llm.c reads them -------------------------------
+
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
+         "Ünïcödé", "naïve", "café", "東京", "😀", "<|endoftext|>", "don't", "we'll", "1234", "3.14", "\t",
+         "tabs\n", "newline\n\n", "  "]
+
+
+def make_docs(n: int, seed: int = 0, max_words: int = 400) -> list[str]:
+    """Random documents with multi-byte characters, a literal '<|endoftext|>', long and empty ones."""
+    rng = random.Random(seed)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+    docs[3] = ""  # empty documents are dropped
+    docs[5] = " \n "
+    docs[7] = docs[7] * 6  # longer than a shard
+    return docs
+
+
+def expected_stream(docs: list[str]) -> np.ndarray:
+    enc = get_encoding()
+    out: list[int] = []
+    for doc in docs:
+        if doc.strip():
+            out.append(EOT_TOKEN)
+            out.extend(enc.encode_ordinary(doc))
+    return np.array(out, dtype=np.uint16)
+
+
+def read_raw(path: Path) -> np.ndarray:
+    """A shard read as llm.c reads it: 256 int32 header, then uint16 tokens."""
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[0] == 20240520 and header[1] == 1
+    tokens = np.fromfile(path, dtype="<u2", offset=1024)
+    assert len(tokens) == header[2]
+    return tokens
+
+
+def stream_of(out: Path, manifest: dict, split: str | None = None) -> np.ndarray:
+    parts = [read_raw(out / s["file"]) for s in manifest["shards"] if split in (None, s["split"])]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+
+
+def check_manifest_matches_files(out: Path, manifest: dict) -> None:
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for s in manifest["shards"]:
+        data = (out / s["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        tokens = read_raw(out / s["file"])
+        assert len(tokens) == s["tokens"]
+        assert int(np.count_nonzero(tokens == EOT_TOKEN)) == s["documents"]
+        assert f"_{s['split']}_" in s["file"]
+    for split in ("val", "train"):
+        mine = [s for s in manifest["shards"] if s["split"] == split]
+        assert manifest["splits"][split]["tokens"] == sum(s["tokens"] for s in mine)
+    assert manifest["tokens"] == sum(s["tokens"] for s in manifest["shards"])
+    assert not list(out.glob("*.tmp")) and not (out / prep.STATE_FILE).exists()
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["prepare", *argv, "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+# --- serving ----------------------------------------------------------------------------------------
+
+
+def greedy(model: GPT, prompt: str, n: int) -> str:
+    ids = get_encoding().encode(prompt, allowed_special={"<|endoftext|>"})
+    out = generate(model, torch.tensor([ids]), n, temperature=0.0, stop_token=EOT_TOKEN)[0, len(ids):].tolist()
+    return get_encoding().decode([t for t in out if t != EOT_TOKEN])
+
+
+def collect(requests: list) -> dict[int, list[int]]:
+    tokens: dict[int, list[int]] = {}
+    for r in requests:
+        def on_event(ev, tokens=tokens):
+            tokens.setdefault(ev.index, []).extend(ev.tokens)
+        r.on_event = on_event
+    return tokens
+
+
+# --- torchrun -----------------------------------------------------------------------------------------
+
+QUIET = ["--num-samples", "1", "--sample-tokens", "1"]
+
+
+def torchrun(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """2 processes of `gptscratch ARGS` under torchrun; --standalone: torchrun picks and keeps its own port."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
+         *args], env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def alive(pid: int) -> bool:
+    """Running, not yet a zombie (a zombie holds no lock)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -8,7 +8,6 @@ tiktoken's `encode_ordinary` on the documents as the test itself wrote them.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -26,46 +25,7 @@ from gptscratch.data import prepare as prep
 from gptscratch.data import sources
 from gptscratch.data.prepare import prepare
 from gptscratch.errors import UserError
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
-from tests.helpers import halted
-
-WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
-         "Ünïcödé", "naïve", "café", "東京", "😀", "<|endoftext|>", "don't", "we'll", "1234", "3.14", "\t",
-         "tabs\n", "newline\n\n", "  "]
-
-
-def make_docs(n: int, seed: int = 0, max_words: int = 400) -> list[str]:
-    """Random documents with multi-byte characters, a literal '<|endoftext|>', long and empty ones."""
-    rng = random.Random(seed)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
-    docs[3] = ""  # empty documents are dropped
-    docs[5] = " \n "
-    docs[7] = docs[7] * 6  # longer than a shard
-    return docs
-
-
-def expected_stream(docs: list[str]) -> np.ndarray:
-    enc = get_encoding()
-    out: list[int] = []
-    for doc in docs:
-        if doc.strip():
-            out.append(EOT_TOKEN)
-            out.extend(enc.encode_ordinary(doc))
-    return np.array(out, dtype=np.uint16)
-
-
-def read_raw(path: Path) -> np.ndarray:
-    """A shard read as llm.c reads it: 256 int32 header, then uint16 tokens."""
-    header = np.fromfile(path, dtype="<i4", count=256)
-    assert header[0] == 20240520 and header[1] == 1
-    tokens = np.fromfile(path, dtype="<u2", offset=1024)
-    assert len(tokens) == header[2]
-    return tokens
-
-
-def stream_of(out: Path, manifest: dict, split: str | None = None) -> np.ndarray:
-    parts = [read_raw(out / s["file"]) for s in manifest["shards"] if split in (None, s["split"])]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+from tests.helpers import check_manifest_matches_files, expected_stream, halted, make_docs, run_cli, stream_of
 
 
 def write_txt_corpus(root: Path, docs: list[str]) -> Path:
@@ -73,28 +33,6 @@ def write_txt_corpus(root: Path, docs: list[str]) -> Path:
     for i, doc in enumerate(docs):
         (root / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
     return root
-
-
-def check_manifest_matches_files(out: Path, manifest: dict) -> None:
-    assert json.loads((out / "manifest.json").read_text()) == manifest
-    for s in manifest["shards"]:
-        data = (out / s["file"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == s["sha256"]
-        tokens = read_raw(out / s["file"])
-        assert len(tokens) == s["tokens"]
-        assert int(np.count_nonzero(tokens == EOT_TOKEN)) == s["documents"]
-        assert f"_{s['split']}_" in s["file"]
-    for split in ("val", "train"):
-        mine = [s for s in manifest["shards"] if s["split"] == split]
-        assert manifest["splits"][split]["tokens"] == sum(s["tokens"] for s in mine)
-    assert manifest["tokens"] == sum(s["tokens"] for s in manifest["shards"])
-    assert not list(out.glob("*.tmp")) and not (out / prep.STATE_FILE).exists()
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(["prepare", *argv, "--quiet", "--workers", "1"])
-    err = capsys.readouterr().err.strip()
-    return code, err
 
 
 @pytest.mark.parametrize("workers", [1, 2])

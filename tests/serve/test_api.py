@@ -16,8 +16,8 @@ from gptscratch.generate import generate
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.serve import Limits, serving_in_thread
 from gptscratch.serve.engine import Choice, Engine, Request, Sampling
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
-from tests.helpers import run_until_done
+from gptscratch.tokenizer import get_encoding
+from tests.helpers import collect, greedy, run_until_done
 
 ENC = get_encoding()
 PROMPTS = ["Hello, I'm a language model,", "The", "Once upon a time, in a land far", "import numpy as"]
@@ -46,21 +46,6 @@ BAD = [
 ]
 HOSTILE = [{"temperature": 1e-300}, {"temperature": 1e-40, "top_k": 5}, {"temperature": 5e-324},
            {"top_p": 1e-300}, {"top_p": 5e-324, "top_k": 5}]
-
-
-def greedy(model: GPT, prompt: str, n: int) -> str:
-    ids = ENC.encode(prompt, allowed_special={"<|endoftext|>"})
-    out = generate(model, torch.tensor([ids]), n, temperature=0.0, stop_token=EOT_TOKEN)[0, len(ids):].tolist()
-    return ENC.decode([t for t in out if t != EOT_TOKEN])
-
-
-def collect(requests: list[Request]) -> dict[int, list[int]]:
-    tokens: dict[int, list[int]] = {}
-    for r in requests:
-        def on_event(ev, tokens=tokens):
-            tokens.setdefault(ev.index, []).extend(ev.tokens)
-        r.on_event = on_event
-    return tokens
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:

@@ -6,28 +6,12 @@ import pytest
 import torch
 
 from gptscratch.generate import generate
-from gptscratch.model import GPT
 from gptscratch.serve.engine import Engine, QueueFull, Request, Sampling
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
-from tests.helpers import run_until_done, tiny_model
+from tests.helpers import collect, greedy, run_until_done, tiny_model
 
 ENC = get_encoding()
 PROMPTS = ["Hello, I'm a language model,", "The", "Once upon a time, in a land far", "import numpy as"]
-
-
-def greedy(model: GPT, prompt: str, n: int) -> str:
-    ids = ENC.encode(prompt, allowed_special={"<|endoftext|>"})
-    out = generate(model, torch.tensor([ids]), n, temperature=0.0, stop_token=EOT_TOKEN)[0, len(ids):].tolist()
-    return ENC.decode([t for t in out if t != EOT_TOKEN])
-
-
-def collect(requests: list[Request]) -> dict[int, list[int]]:
-    tokens: dict[int, list[int]] = {}
-    for r in requests:
-        def on_event(ev, tokens=tokens):
-            tokens.setdefault(ev.index, []).extend(ev.tokens)
-        r.on_event = on_event
-    return tokens
 
 
 @pytest.mark.parametrize("options", [{}, {"pos_embedding": "rope", "qk_norm": True, "norm": "rmsnorm"}],

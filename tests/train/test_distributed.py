@@ -7,35 +7,15 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from gptscratch import testing
-from tests.helpers import assert_ddp_equals_accumulation, halted
-
-TINY = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32"]  # float32: exactness is promised for it
-QUIET = ["--num-samples", "1", "--sample-tokens", "1"]
-
-
-def torchrun(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """2 processes of `gptscratch ARGS` under torchrun; --standalone: torchrun picks and keeps its own port."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
-         *args], env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def alive(pid: int) -> bool:
-    """Running, not yet a zombie (a zombie holds no lock)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.helpers import QUIET, TINY_FLOAT32, assert_ddp_equals_accumulation, halted, torchrun
 
 
 def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path):
-    common = [*TINY, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32",
+    common = [*TINY_FLOAT32, "--data", str(shards), "--max-steps", "3", "--batch-size", "2", "--dtype", "float32",
               "--total-batch-tokens", "128",
               "--eval-interval", "0", "--num-samples", "1", "--sample-tokens", "1"]
     assert_ddp_equals_accumulation(common, tmp_path)
@@ -43,7 +23,7 @@ def test_ddp_two_processes_equal_one_process_with_accumulation(shards, tmp_path)
 
 @pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
 def test_when_a_rank_is_killed_the_survivor_stops_with_one_line_naming_it(shards, tmp_path, parallel):
-    p = torchrun("train", *TINY, "--parallel", parallel, "--data", str(shards), "--out", str(tmp_path / "run"),
+    p = torchrun("train", *TINY_FLOAT32, "--parallel", parallel, "--data", str(shards), "--out", str(tmp_path / "run"),
                  "--max-steps", "20", "--eval-interval", "0", *QUIET, env={testing.HALT: "step:3@1"})
     seen = halted(p)  # rank 1 stopped after its third step; rank 0 waits for it in the next exchange
     os.kill(int(re.search(r"halted at step:3 \(pid (\d+)\)", seen)[1]), signal.SIGKILL)
@@ -81,8 +61,6 @@ def test_a_survivor_names_the_ranks_whose_process_ended_in_a_world_of_more_than_
     # the peer gone, and not from this machine: which rank cannot be told
     assert str(distributed.lost_rank(RuntimeError("Connection reset by peer"), d)).startswith("another rank of 4")
     assert distributed.lost_rank(ValueError("Connection closed by peer"), d) is None
-
-
 
 
 MODERN = ["--preset", "tiny", "--device", "cpu", "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd"]

@@ -16,18 +16,7 @@ from gptscratch import testing
 from gptscratch.cli import main
 from gptscratch.io import read_safetensors
 from gptscratch.train.checkpoint import load_checkpoint, load_model
-from tests.helpers import gptscratch, halted, read_metrics, train_losses
-
-TINY = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32"]  # float32: exactness is promised for it
-QUIET = ["--num-samples", "1", "--sample-tokens", "1"]
-
-
-def torchrun(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """2 processes of `gptscratch ARGS` under torchrun; --standalone: torchrun picks and keeps its own port."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptscratch",
-         *args], env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+from tests.helpers import QUIET, TINY_FLOAT32, alive, gptscratch, halted, read_metrics, torchrun, train_losses
 
 
 def children(pid: int) -> list[int]:
@@ -56,14 +45,6 @@ def kill_torchrun(p: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def alive(pid: int) -> bool:
-    """Running, not yet a zombie (a zombie holds no lock)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def finished(p: subprocess.Popen) -> None:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
@@ -75,8 +56,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike(shards, tmp_path):
-    common = [*TINY, "--data", str(shards), "--max-steps", "10", "--batch-size", "2", "--total-batch-tokens", "128",
-              "--eval-interval", "5", "--ckpt-interval", "5", *QUIET]
+    common = [*TINY_FLOAT32, "--data", str(shards), "--max-steps", "10", "--batch-size", "2",
+              "--total-batch-tokens", "128", "--eval-interval", "5", "--ckpt-interval", "5", *QUIET]
     rows = [{"ind": i, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat",
              "split": "val", "split_type": "indomain", "label": i % 4, "endings": ["on the mat.", "down.", "up.", "x"],
              "source_id": "s"} for i in range(3)]
@@ -104,7 +85,7 @@ def test_fsdp_two_processes_equal_one_process_with_accumulation_and_export_alike
 
 def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):
     # rope, QK-norm, SwiGLU, an untied head, and Muon on sharded matrices (optim.ShardedMuon gathers them)
-    common = [*TINY, "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd", "--data", str(shards),
+    common = [*TINY_FLOAT32, "--arch", "modern", "--optimizer", "muon", "--schedule", "wsd", "--data", str(shards),
               "--max-steps", "4", "--batch-size", "2", "--total-batch-tokens", "128", "--lr", "3e-3",
               "--eval-interval", "0", *QUIET]
     one = gptscratch("train", *common, "--out", str(tmp_path / "one"))
@@ -116,7 +97,7 @@ def test_fsdp_modern_recipe_with_muon_equals_one_process(shards, tmp_path):
 
 
 def test_fsdp_sigkill_in_a_checkpoint_write_then_resume_repeats_the_losses(shards, tmp_path, capsys):
-    common = [*TINY, "--parallel", "fsdp", "--data", str(shards), "--max-steps", "12", "--ckpt-interval", "4",
+    common = [*TINY_FLOAT32, "--parallel", "fsdp", "--data", str(shards), "--max-steps", "12", "--ckpt-interval", "4",
               "--eval-interval", "0", *QUIET]
     ref = torchrun("train", *common, "--out", str(tmp_path / "ref"))
     run = tmp_path / "killed"
@@ -158,7 +139,7 @@ def test_fsdp_refuses_cuda_graphs(capsys):
 
 def test_fsdp_checkpoint_layout(shards, tmp_path):
     # one process under --parallel fsdp writes the same sharded layout (the GPU check's world size 1)
-    assert main(["train", *TINY, "--parallel", "fsdp", "--data", str(shards), "--out", str(tmp_path / "r"),
+    assert main(["train", *TINY_FLOAT32, "--parallel", "fsdp", "--data", str(shards), "--out", str(tmp_path / "r"),
                  "--max-steps", "2", "--eval-interval", "0", *QUIET]) == 0
     step = Path(tmp_path / "r" / "checkpoints" / "step_000002")
     assert sorted(p.name for p in step.iterdir()) == ["dcp", "rng_rank0.pt", "state.json"]
