@@ -1,32 +1,54 @@
-"""`python -m benchmarks train|generate|prepare|gpu|serve ...`: gptscratch against its references."""
+"""`python -m benchmarks NAME ...`: every benchmark of gptscratch, each against its reference (NAME --help)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from benchmarks import gpu, serve_bench, vs_tiktoken, vs_transformers
+from benchmarks import (
+    fsdp_memory,
+    gpu,
+    gpu_ab,
+    loader_speed,
+    peer_nanogpt,
+    recipes,
+    serve_bench,
+    train_check,
+    vs_tiktoken,
+    vs_transformers,
+)
 from gptscratch.errors import UserError
 
 
 def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Benchmarks of gptscratch against its references; see benchmarks/RESULTS.md.")
-    sub = parser.add_subparsers(dest="bench_command", metavar="BENCH")
-    vs_transformers.add_parsers(sub)
-    vs_tiktoken.add_parsers(sub)
-    gpu.add_parsers(sub)
-    serve_bench.add_parsers(sub)
+        prog=prog, description="Benchmarks of gptscratch against its references; see benchmarks/README.md, and "
+                               "benchmarks/RESULTS.md for the figures.")
+    sub = parser.add_subparsers(dest="bench_command", metavar="NAME")
+    vs_transformers.add_parsers(sub)  # train, generate
+    vs_tiktoken.add_parsers(sub)  # prepare
+    serve_bench.add_parsers(sub)  # serve
+    loader_speed.add_parsers(sub)  # loader
+    fsdp_memory.add_parsers(sub)  # fsdp-memory
+    peer_nanogpt.add_parsers(sub)  # nanogpt
+    recipes.add_parsers(sub)  # recipes
+    gpu.add_parsers(sub)  # gpu
+    gpu_ab.add_parsers(sub)  # gpu-ab
+    train_check.add_parsers(sub)  # train-check
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     """Run one benchmark; a UserError becomes one line on stderr and exit code 2."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if rest and not getattr(args, "takes_train_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.train_args = rest  # train-check hands what it does not know to `gptscratch train`
     try:
         return int(args.func(args) or 0)
     except UserError as e:

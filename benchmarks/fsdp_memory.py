@@ -1,14 +1,15 @@
 """Memory per rank under DDP and under FSDP (`--parallel fsdp`), 2 CPU processes (gloo), a preset's model.
 
-For each mode it runs `torchrun --nproc_per_node=N` on this file (`--worker`), which trains STEPS steps of
+For each mode it runs `torchrun --nproc_per_node=N` on this file as a script (a worker that imports only torch
+and gptscratch, so the other benchmarks' imports do not count in its memory), which trains STEPS steps of
 AdamW on a tiny batch (1 x 64 tokens: the model's own memory is what is measured, not activations) and
 reports, per rank, the bytes of the tensors each rank holds, counted from their local shards: parameters,
 gradients (after the last backward) and optimizer state; and the process's peak resident memory (maxrss,
 which also counts the whole model each rank builds before it is sharded, DDP's gradient buckets, and
 torch itself). Not a speed benchmark: nothing is timed.
 
-    OMP_NUM_THREADS=1 python benchmarks/fsdp_memory.py --preset gpt2-124m --modes ddp,fsdp
-    OMP_NUM_THREADS=1 python benchmarks/fsdp_memory.py --preset gpt2-350m --modes fsdp
+    OMP_NUM_THREADS=1 python -m benchmarks fsdp-memory --preset gpt2-124m --modes ddp,fsdp
+    OMP_NUM_THREADS=1 python -m benchmarks fsdp-memory --preset gpt2-350m --modes fsdp
 """
 
 from __future__ import annotations
@@ -119,23 +120,32 @@ def table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="gpt2-124m")
-    ap.add_argument("--modes", default="ddp,fsdp", help="comma-separated: ddp, fsdp")
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        worker(args.preset, args.modes, args.steps)
-        return
+def run(args: argparse.Namespace) -> int:
     results = [run_mode(args.preset, mode, args.steps, args.nproc) for mode in args.modes.split(",")]
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
 
 
-if __name__ == "__main__":
-    main()
+def add_parsers(sub) -> None:
+    p = sub.add_parser("fsdp-memory", help="memory per rank under DDP and FSDP (2 CPU processes); nothing timed",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="gpt2-124m")
+    p.add_argument("--modes", default="ddp,fsdp", help="comma-separated: ddp, fsdp")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--json", help="also write the results here")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # the worker, one per rank, as run_mode launches it under torchrun
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--preset", required=True)
+    ap.add_argument("--modes", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    worker_args = ap.parse_args()
+    if not worker_args.worker:
+        ap.error("this file is the worker torchrun starts: run the benchmark as python -m benchmarks fsdp-memory")
+    worker(worker_args.preset, worker_args.modes, worker_args.steps)

@@ -1,4 +1,4 @@
-"""The one prepared run for a lent GPU (benchmarks/gpu.sh): matmul peak, copy bandwidth, GPT-2 124M training
+"""The GPU benchmark (the `bench` part of benchmarks/gpu.sh): matmul peak, copy bandwidth, GPT-2 124M training
 with MFU, generation. Each section runs under its own share of a hard time budget (an alarm interrupts a
 section that overruns, even mid-compile), one failure leaves the others' numbers, and the summary is
 rewritten after every section. `--dry-run` does the same on tiny shapes on the CPU.
@@ -215,7 +215,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
-        "gpu", help="the prepared GPU run (benchmarks/gpu.sh): peak, bandwidth, 124M training, generation",
+        "gpu", help="on a GPU: matmul peak, copy bandwidth, 124M training against transformers (MFU), generation",
         description="Measures the card's bf16 matmul peak and copy bandwidth, GPT-2 124M training (bf16 autocast, "
                     "compile, fused AdamW) for gptscratch and transformers with MFU, and generation, within a "
                     "hard time budget. Writes $OUT/gpu_summary.json when OUT is set.")

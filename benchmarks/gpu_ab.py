@@ -19,9 +19,8 @@ timed A B C A B C over `--repeats` repeats and the last line is one JSON object 
 $OUT/gpu_ab.json when OUT is set). Variants are compiled in the order given; once `--budget-s` would be
 passed, the rest are skipped, so put slow-to-compile ones (max-autotune) last.
 
-    PYTHONPATH=src python3 benchmarks/gpu_ab.py                      # on the GPU: about 3-5 minutes
-    PYTHONPATH=src python3 benchmarks/gpu_ab.py --dry-run            # tiny shapes on the CPU first
-    python -m benchmarks.gpu_ab --dry-run                            # the same, from the checkout's root
+    python -m benchmarks gpu-ab                      # on the GPU: about 3-5 minutes
+    python -m benchmarks gpu-ab --dry-run            # tiny shapes on the CPU first
 """
 
 from __future__ import annotations
@@ -32,15 +31,11 @@ import gc
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script (python3 benchmarks/gpu_ab.py): find the benchmarks package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import PeakMemory, alternate, sync
 from gptscratch.device import ATTENTION_BACKENDS, attention_backend
 from gptscratch.errors import UserError
@@ -111,22 +106,9 @@ def make_step(v: Variant, cfg: GPTConfig, x: torch.Tensor, y: torch.Tensor, devi
     return step
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variants", default=None, help=f"comma-separated (default {DEFAULT_VARIANTS})")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
-    ap.add_argument("--budget-s", type=float, default=420, help="compile no further variant after this")
-    ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--fake-oom-above", type=int, default=None, help=argparse.SUPPRESS)  # tests the OOM path
-    args = ap.parse_args(argv)
-    try:
-        variants = parse_variants(args.variants or ("full,chunked" if args.dry_run else DEFAULT_VARIANTS))
-    except UserError as e:
-        print(f"gpu_ab: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Time every variant; a bad --variants is a UserError (one line, exit 2)."""
+    variants = parse_variants(args.variants or ("full,chunked" if args.dry_run else DEFAULT_VARIANTS))
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if args.dry_run:
@@ -200,5 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parsers(sub) -> None:
+    p = sub.add_parser("gpu-ab", help="on a GPU: training-step variants (loss path, compile mode, attention) "
+                       "against each other", description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default=None, help=f"comma-separated (default {DEFAULT_VARIANTS})")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
+    p.add_argument("--budget-s", type=float, default=420, help="compile no further variant after this")
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--fake-oom-above", type=int, default=None, help=argparse.SUPPRESS)  # tests the OOM path
+    p.set_defaults(func=run)

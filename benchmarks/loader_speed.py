@@ -1,6 +1,6 @@
 """TokenLoader alone: batches/s for each --shuffle mode at the GPT-2 124M micro-batch (64 x 1024).
 
-    python benchmarks/loader_speed.py --shards 8 --shard-tokens 25000000 --batches 400
+    python -m benchmarks loader --shards 8 --shard-tokens 25000000 --batches 400
 
 Writes synthetic llm.c shards (random ids) into a temporary directory, opens a loader per mode as
 rank 0 of `--world-size` (8: one process of an 8-GPU node) and times `next_batch()` alone. The
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,16 +37,7 @@ def batches_per_s(loader: TokenLoader, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shards", type=int, default=8)
-    p.add_argument("--shard-tokens", type=int, default=25_000_000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--world-size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=400)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         make_shards(Path(tmp), args.shards, args.shard_tokens)
         loaders, first = {}, {}
@@ -66,9 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     for mode, r in result.items():
         print(f"--shuffle {mode:6s}: {r['batches_per_s']:8.1f} batches/s of {args.batch_size}x{args.seq_len} "
               f"(first batch {r['first_s']:.2f} s)")
-    print(json.dumps({"args": vars(args), "result": result}))
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "bench_command")}
+    print(json.dumps({"args": settings, "result": result}))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parsers(sub) -> None:
+    p = sub.add_parser("loader", help="TokenLoader alone: batches/s of each --shuffle mode",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--shard-tokens", type=int, default=25_000_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--world-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=400)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=run)

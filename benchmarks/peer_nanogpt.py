@@ -1,7 +1,7 @@
 """gptscratch's demo against karpathy/nanoGPT's train.py: same shards, same settings, one scorer.
 
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT    # fetched by you; never vendored here
-    python benchmarks/peer_nanogpt.py --nanogpt /tmp/nanoGPT --seeds 1337,1,2 --shuffle rows,shards
+    python -m benchmarks nanogpt --nanogpt /tmp/nanoGPT --seeds 1337,1,2 --shuffle rows,shards
 
 Both trainers get the demo preset's model (layers, heads, width, seq, bias, no dropout), batch, steps,
 peak and final lr, warmup, AdamW betas, weight decay and clipping, in float32 on the CPU, without
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from val_scorer import score, score_run, split_tokens
 
+from benchmarks.val_scorer import score, score_run, split_tokens
 from gptscratch.train.config import PRESETS, resolve_config
 
 
@@ -114,16 +114,7 @@ def load_nanogpt_model(nanogpt: Path, ckpt: str) -> torch.nn.Module:
     return model
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT (omit to run ours only)")
-    p.add_argument("--data", type=Path, default=Path("data/shakespeare"))
-    p.add_argument("--out", type=Path, default=Path("runs/peer-nanogpt"))
-    p.add_argument("--preset", default="demo")
-    p.add_argument("--seeds", default="1337,1,2")
-    p.add_argument("--shuffle", default="rows", help="our batch orders to run, comma-separated")
-    p.add_argument("--nanogpt-seeds", default="1337", help="nanoGPT's seeds (1337 is its own, unpatched)")
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     if not (args.data / "manifest.json").exists():
         from gptscratch.data.prepare import ensure_shakespeare
@@ -164,5 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parsers(sub) -> None:
+    p = sub.add_parser("nanogpt", help="the demo beside karpathy/nanoGPT's train.py: same shards and settings, "
+                       "one val scorer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT (omit to run ours only)")
+    p.add_argument("--data", type=Path, default=Path("data/shakespeare"))
+    p.add_argument("--out", type=Path, default=Path("runs/peer-nanogpt"))
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--seeds", default="1337,1,2")
+    p.add_argument("--shuffle", default="rows", help="our batch orders to run, comma-separated")
+    p.add_argument("--nanogpt-seeds", default="1337", help="nanoGPT's seeds (1337 is its own, unpatched)")
+    p.set_defaults(func=run)

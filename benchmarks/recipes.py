@@ -1,8 +1,8 @@
 """The GPT-2 recipe against the modern one, and the ablation between them, on your own data.
 
-    python benchmarks/recipes.py numpy-corpus --out data/numpy-src   # the second corpus: Python source
-    python benchmarks/recipes.py ablation --data data/shakespeare --seeds 1337
-    python benchmarks/recipes.py compare --data data/shakespeare,data/numpy-src --seeds 1337,1,2
+    python -m benchmarks recipes numpy-corpus --out data/numpy-src   # the second corpus: Python source
+    python -m benchmarks recipes ablation --data data/shakespeare --seeds 1337
+    python -m benchmarks recipes compare --data data/shakespeare,data/numpy-src --seeds 1337,1,2
 
 `ablation` trains the GPT-2 recipe (`--base demo`) and then adds one change at a time, cumulatively
 (rope, qk-norm, rmsnorm, relu2, untied, zero-init, muon, wsd, softcap; and swiglu in place of relu2 at
@@ -27,8 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from val_scorer import score_run, split_tokens
-
+from benchmarks.val_scorer import score_run, split_tokens
 from gptscratch.plot import elapsed_seconds, read_metrics
 from gptscratch.train.config import resolve_config
 
@@ -255,26 +254,7 @@ def report(logs: list[Path], s_per_step: dict[str, float], plot: Path | None, al
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("ablation", "compare", "numpy-corpus", "timing", "report"))
-    p.add_argument("--presets", default="demo,modern-demo", help="timing: presets to time, alternately")
-    p.add_argument("--steps", type=int, default=40, help="timing: steps per run (the first 5 are not counted)")
-    p.add_argument("--repeats", type=int, default=2, help="timing: runs of each preset")
-    p.add_argument("--before", type=Path, default=None, help="timing: also time the package in this source tree "
-                   "(an older commit's src/), alternately")
-    p.add_argument("--logs", default="", help="report: outputs of earlier compare/ablation runs, comma-separated")
-    p.add_argument("--timing", default="", help="report: s/step per row name as JSON, e.g. from `timing`")
-    p.add_argument("--plot", type=Path, default=None, help="report: a PNG of val loss against seconds")
-    p.add_argument("--alias", default="", help="report: NAME=OTHER,... rows to count as another (e.g. +softcap=modern)")
-    p.add_argument("--data", default="data/shakespeare", help="prepared corpora, comma-separated")
-    p.add_argument("--seeds", default="1337")
-    p.add_argument("--base", default="demo", help="the GPT-2 recipe's preset")
-    p.add_argument("--modern", default="modern-demo", help="compare: the modern recipe's preset")
-    p.add_argument("--eval-interval", type=int, default=25)
-    p.add_argument("--only", default="", help="ablation: run only these step names (comma-separated)")
-    p.add_argument("--out", type=Path, default=Path("runs/recipes"))
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if args.mode == "numpy-corpus":
         numpy_corpus(args.out)
         return 0
@@ -319,5 +299,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parsers(sub) -> None:
+    p = sub.add_parser("recipes", help="the GPT-2 recipe against the modern one, and the ablation between them",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("ablation", "compare", "numpy-corpus", "timing", "report"))
+    p.add_argument("--presets", default="demo,modern-demo", help="timing: presets to time, alternately")
+    p.add_argument("--steps", type=int, default=40, help="timing: steps per run (the first 5 are not counted)")
+    p.add_argument("--repeats", type=int, default=2, help="timing: runs of each preset")
+    p.add_argument("--before", type=Path, default=None, help="timing: also time the package in this source tree "
+                   "(an older commit's src/), alternately")
+    p.add_argument("--logs", default="", help="report: outputs of earlier compare/ablation runs, comma-separated")
+    p.add_argument("--timing", default="", help="report: s/step per row name as JSON, e.g. from `timing`")
+    p.add_argument("--plot", type=Path, default=None, help="report: a PNG of val loss against seconds")
+    p.add_argument("--alias", default="", help="report: NAME=OTHER,... rows to count as another (e.g. +softcap=modern)")
+    p.add_argument("--data", default="data/shakespeare", help="prepared corpora, comma-separated")
+    p.add_argument("--seeds", default="1337")
+    p.add_argument("--base", default="demo", help="the GPT-2 recipe's preset")
+    p.add_argument("--modern", default="modern-demo", help="compare: the modern recipe's preset")
+    p.add_argument("--eval-interval", type=int, default=25)
+    p.add_argument("--only", default="", help="ablation: run only these step names (comma-separated)")
+    p.add_argument("--out", type=Path, default=Path("runs/recipes"))
+    p.set_defaults(func=run)

@@ -49,7 +49,7 @@ from gptscratch.model import GPT, GPTConfig
 from gptscratch.precision import autocast
 from gptscratch.train.optim import configure_optimizer
 
-# Training shapes. vocab 50304 = GPT-2's 50257 padded to a multiple of 64 (FACTS.md); gpt2-124m keeps
+# Training shapes. vocab 50304 = GPT-2's 50257 padded to a multiple of 64 (as nanoGPT's model.py); gpt2-124m keeps
 # the real 50257 in our config and pads it with vocab_multiple, and transformers gets 50304, so both
 # multiply by the same (768 x 50304) LM head.
 TRAIN_PRESETS: dict[str, dict] = {

@@ -1,22 +1,48 @@
-"""The command line: help texts, sampling from a Hugging Face directory, one-line errors."""
+"""The command line: help texts, sampling from a Hugging Face directory, one-line errors.
+"""
 
 import json
-import os
-import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from gptscratch.cli import build_parser, main
+from gptscratch.hf import save_hf
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.tokenizer import get_encoding
 from gptscratch.train.checkpoint import save_checkpoint
+from tests.helpers import write_llmc_shard
+
+
+def model_dirs(root, vocab_size: int) -> tuple[str, str]:
+    """A small GPT-2 of `vocab_size` tokens, as a gptscratch checkpoint and as a Hugging Face directory."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=32))
+    save_checkpoint(root / "run" / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {}, [{}], [{}])
+    save_hf(model, root / "hf")
+    return str(root / "run"), str(root / "hf")
+
+
+@pytest.fixture
+def eval_files(tmp_path):
+    """A prepared split (random GPT-2 ids) and a HellaSwag file, for `eval loss` and `eval hellaswag`."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_llmc_shard(data / f"d_{split}_000000.bin", rng.integers(0, 50257, 200))
+    row = {"ind": 0, "activity_label": "a", "ctx_a": "The cat", "ctx_b": "sat", "ctx": "The cat sat", "split": "val",
+           "split_type": "indomain", "label": 0, "endings": ["on the mat.", "down.", "up.", "x"], "source_id": "s"}
+    (tmp_path / "hs.jsonl").write_text(json.dumps(row) + "\n")
+    return str(data), str(tmp_path / "hs.jsonl")
 
 
 def test_every_subcommand_explains_itself(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert {"prepare", "train", "sample", "export", "eval", "plot", "bench"} <= set(commands)
+    assert {"prepare", "train", "sample", "export", "eval", "plot"} <= set(commands)
+    assert "bench" not in commands  # the benchmarks run from a clone, as python -m benchmarks
     for name in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
@@ -34,19 +60,6 @@ def test_greedy_sample_streams_transformers_greedy_text(hf_tiny, capsys):
     assert main(["sample", "--hf", str(path), "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "0",
                  "--no-stop", "--device", "cpu"]) == 0
     assert capsys.readouterr().out == expected + "\n"
-
-
-def test_pytorch_model_bin_loads_too(hf_tiny, tmp_path):
-    from gptscratch.hf import load_hf
-
-    hf, path = hf_tiny
-    # the older layout: config.json + a pickled state dict (transformers 5 no longer writes it)
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "config.json").write_text((path / "config.json").read_text())
-    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    x = torch.randint(0, 50257, (1, 10))
-    with torch.no_grad():
-        assert (load_hf(str(tmp_path / "bin"))(x)[0] - hf(x).logits).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize(
@@ -71,41 +84,6 @@ def test_missing_model_directory(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("n_layer", "2", "n_layer is '2', expected int"),
-    ("n_embd", 64.5, "n_embd is 64.5, expected int"),
-    ("n_head", True, "n_head is True, expected int"),
-    ("layer_norm_epsilon", "1e-5", "layer_norm_epsilon is '1e-5', expected int or float"),
-    ("n_inner", "256", "n_inner is '256', expected int or null"),
-    ("tie_word_embeddings", "no", "tie_word_embeddings is 'no', expected bool"),
-    ("n_layer", -1, "model config n_layer=-1: expected a positive integer"),
-])
-def test_hf_config_with_fields_of_the_wrong_type_fails_in_one_line(hf_tiny, capsys, field, value, message):
-    _, path = hf_tiny
-    cfg = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**cfg, field: value}))
-    assert main(["sample", "--hf", str(path), "--max-new-tokens", "2", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert f"{path / 'config.json'}: {message}" in err and err.count("\n") == 1
-
-
-def test_a_malicious_pickle_from_hf_is_refused_in_one_line(hf_tiny, tmp_path, capsys):
-    _, path = hf_tiny
-    evil = tmp_path / "evil"
-    evil.mkdir()
-    (evil / "config.json").write_text((path / "config.json").read_text())
-    (evil / "pytorch_model.bin").write_bytes(pickle.dumps(Evil(), protocol=2))  # torch.save's protocol
-    assert main(["sample", "--hf", str(evil), "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot be loaded as a weights-only PyTorch file" in err and err.count("\n") == 1
-    assert not (tmp_path / "pwned").exists()
-
-
-class Evil:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_temperature_is_refused(hf_tiny, capsys, value):
     _, path = hf_tiny
@@ -114,31 +92,33 @@ def test_non_finite_temperature_is_refused(hf_tiny, capsys, value):
     assert f"--temperature {value}: expected a finite value >= 0" in err and err.count("\n") == 1
 
 
-def test_export_refuses_a_non_empty_out_and_replaces_an_earlier_export_whole(tmp_path, capsys):
-    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
-    save_checkpoint(tmp_path / "run" / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {}, [{}],
-                    [{}])
-    ckpt = str(tmp_path / "run")
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("the user's")
-    assert main(["export", "--ckpt", ckpt, "--out", str(mine)]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert main(["export", "--ckpt", ckpt, "--out", str(mine), "--overwrite"]) == 2  # not an earlier export
-    assert "holds no config.json" in capsys.readouterr().err
-    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+def test_a_model_too_small_for_the_tokenizer_is_refused_by_every_command_that_loads_one(tmp_path, eval_files,
+                                                                                         capsys, monkeypatch):
+    ckpt, hf = model_dirs(tmp_path, vocab_size=100)
+    data, hellaswag = eval_files
 
-    out = tmp_path / "hf"
-    assert main(["export", "--ckpt", ckpt, "--out", str(out)]) == 0
-    (out / "stale.bin").write_text("from an older export")
-    assert main(["export", "--ckpt", ckpt, "--out", str(out)]) == 2
-    assert main(["export", "--ckpt", ckpt, "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # nothing stale beside
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary directory left
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    for target, message in ((blocker, "exists and is not a directory"), (blocker / "hf", "Not a directory")):
-        capsys.readouterr()
-        assert main(["export", "--ckpt", ckpt, "--out", str(target)]) == 2
+    def never(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr("gptscratch.serve.serve", never)
+    cpu = ["--device", "cpu"]
+    commands = [[*cmd, flag, path, *cpu] for flag, path in (("--ckpt", ckpt), ("--hf", hf)) for cmd in (
+        ["sample", "--max-new-tokens", "2"], ["serve", "--port", "0"], ["eval", "loss", "--data", data],
+        ["eval", "hellaswag", "--file", hellaswag])]
+    commands += [["export", "--ckpt", ckpt, "--out", str(tmp_path / "export")], ["train", "--resume", ckpt]]
+    commands += [["train", "--preset", "tiny", "--init-from", source, "--data", data, "--out", str(tmp_path / "ft"),
+                  *cpu] for source in (ckpt, hf)]
+    for argv in commands:
+        assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1
+        assert "vocab_size 100 cannot hold GPT-2's 50,257 tokens" in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "export").exists() and not (tmp_path / "ft").exists()
+
+
+def test_a_model_with_more_rows_than_the_tokenizer_is_accepted(tmp_path, eval_files, capsys):
+    ckpt, hf = model_dirs(tmp_path, vocab_size=50304)  # nanoGPT's vocabulary
+    data, hellaswag = eval_files
+    assert main(["eval", "loss", "--hf", hf, "--data", data, "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] == 12
+    assert main(["eval", "hellaswag", "--ckpt", ckpt, "--file", hellaswag, "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1

@@ -1,8 +1,10 @@
+"""generate.py: cached sampling against uncached and transformers decoding, the sampling filters, safe settings."""
+
 import pytest
 import torch
 
 from gptscratch.errors import UserError
-from gptscratch.generate import filter_logits, generate, generate_many
+from gptscratch.generate import filter_logits, generate
 from gptscratch.hf import load_hf
 from gptscratch.model import GPT, GPTConfig
 
@@ -80,9 +82,9 @@ def test_padded_vocab_rows_are_never_sampled():
     assert int(out.max()) < 100
 
 
-def test_batches_of_prompts_of_different_lengths(tiny):
-    prompts = [[1, 2, 3], [4, 5], [6, 7, 8]]
-    got = generate_many(tiny, prompts, 6, temperature=0.0)
+def test_each_row_of_a_batch_decodes_as_it_would_alone(tiny):
+    prompts = [[1, 2, 3], [4, 5, 9], [6, 7, 8]]
+    got = generate(tiny, torch.tensor(prompts), 6, temperature=0.0).tolist()
     for p, g in zip(prompts, got, strict=True):
         assert g == generate(tiny, torch.tensor([p]), 6, temperature=0.0)[0].tolist()
 
@@ -141,3 +143,70 @@ def test_rows_at_different_positions_decode_as_each_row_alone(options):
         for b in range(2):
             alone = model(torch.cat([prompts[1], new[b + 1], last[b]])[None])[0][0, -1]
             torch.testing.assert_close(stepped[b], alone, atol=1e-5, rtol=1e-5)
+
+
+def padded_model(block_size: int = 32) -> GPT:
+    """vocab_size 50304, as nanoGPT trains GPT-2: 47 rows the tokenizer has no token for, here made to win every
+    pick (every position's final hidden state is all ones, and so are those rows alone)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=1, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[50257:] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-40, 1e-6])
+def test_a_temperature_too_small_for_float32_decodes_greedily(tiny, temperature):
+    p = prompt(b=2)
+    greedy = generate(tiny, p, 12, temperature=0.0)
+    for top_k in (None, 50):
+        got = generate(tiny, p, 12, temperature=temperature, top_k=top_k, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(got, greedy)
+
+
+def test_a_top_p_below_float32s_smallest_value_keeps_the_top_token(tiny):
+    probs = torch.tensor([[0.15, 0.5, 0.3, 0.05]])
+    assert torch.isfinite(filter_logits(probs.log(), top_p=1e-300)).tolist() == [[False, True, False, False]]
+    p = prompt(b=2)
+    greedy = generate(tiny, p, 12, temperature=0.0)
+    for top_k in (None, 50):
+        got = generate(tiny, p, 12, top_k=top_k, top_p=1e-300, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(got, greedy)
+
+
+def test_a_model_with_more_rows_than_the_tokenizer_never_samples_an_id_it_lacks():
+    model = padded_model()
+    start = torch.zeros(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        assert int(model(start)[0][0, -1].argmax()) >= 50257  # unmasked, a padded id would win
+    for temperature in (0.0, 1.0):
+        out = generate(model, start, 20, temperature=temperature, top_k=None,
+                       generator=torch.Generator().manual_seed(0))
+        assert int(out.max()) < 50257
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "1e-300"], ["--top-p", "1e-300"]], ids=["temperature", "top-p"])
+def test_cli_sample_with_a_vanishing_temperature_or_top_p_prints_the_greedy_text(tmp_path, capsys, flags):
+    from gptscratch.cli import main
+    from gptscratch.hf import save_hf
+
+    torch.manual_seed(0)
+    save_hf(GPT(GPTConfig(block_size=64, n_layer=1, n_head=1, n_embd=8)), tmp_path / "hf")
+    args = ["sample", "--hf", str(tmp_path / "hf"), "--prompt", "Hello", "--max-new-tokens", "8", "--no-stop"]
+    assert main([*args, "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert main([*args, *flags]) == 0
+    assert capsys.readouterr().out == greedy and greedy.startswith("Hello") and len(greedy) > len("Hello\n")
+
+
+def test_cli_sample_from_a_gpt2_directory_with_vocab_size_50304_prints_text(tmp_path, capsys):
+    from gptscratch.cli import main
+    from gptscratch.hf import save_hf
+
+    save_hf(padded_model(block_size=64), tmp_path / "padded")
+    assert main(["sample", "--hf", str(tmp_path / "padded"), "--prompt", "Hello", "--max-new-tokens", "8",
+                 "--no-stop"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Hello") and len(out) > len("Hello\n")

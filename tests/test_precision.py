@@ -51,13 +51,14 @@ def test_generate_and_hellaswag_run_in_the_dtype_they_are_given():
 
 
 def test_train_sample_and_eval_pass_their_dtype_on(monkeypatch, tmp_path, hf_tiny, capsys):
-    from gptscratch import cli
+    from gptscratch import cli, evaluate, generate
+    from gptscratch.hf import pretrained
     from gptscratch.train import loop as train
 
     hs = tmp_path / "hs.jsonl"
     hs.write_text('{"ctx": "A cat", "endings": ["sat.", "ran.", "is.", "x"], "label": 0}\n')
     seen: list = []
-    real_build, real_load = train.build_model, cli.load_model_arg
+    real_build, real_load = train.build_model, pretrained.load_model_arg
     # every forward of a run (the steps, val loss, HellaSwag, samples) runs under the run's --dtype
     monkeypatch.setattr(train, "build_model", lambda *a: spied(real_build(*a), seen))
     assert cli.main(["train", "--preset", "tiny", "--device", "cpu", "--data", "tests/fixtures/ckpt_1ae9fdd/data",
@@ -66,7 +67,8 @@ def test_train_sample_and_eval_pass_their_dtype_on(monkeypatch, tmp_path, hf_tin
                      "--hellaswag-file", str(hs), "--sample-tokens", "2", "--dtype", "bf16"]) == 0
     assert len(seen) > 6 and set(seen) == {torch.bfloat16}
     # sample (default float32) and eval hellaswag (default auto) under theirs
-    monkeypatch.setattr(cli, "load_model_arg", lambda *a: spied(real_load(*a), seen))
+    for command_module in (generate, evaluate):  # where sample and eval load their model
+        monkeypatch.setattr(command_module, "load_model_arg", lambda *a: spied(real_load(*a), seen))
     auto = precision.autocast_dtype("auto", torch.device("cpu"))
     commands = ((["sample", "--max-new-tokens", "2"], None), (["eval", "hellaswag", "--file", str(hs)], auto))
     for command, default in commands:

@@ -1,4 +1,4 @@
-"""The README's two set-up commands stay true: CI runs the test command verbatim, and the main job runs."""
+"""The README's two set-up commands stay true: CI runs the test command verbatim, and the demo's training runs."""
 
 import os
 import re
@@ -22,8 +22,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_main_command_trains_on_the_default_corpus(tmp_path):
-    """The main job's last step, shortened by overrides, from an empty directory (so it prepares the data)."""
-    command = readme_command("Run the main job")
+    """The demo's last step, shortened by overrides, from an empty directory (so it prepares the data)."""
+    command = readme_command("Train the demo")
     last = command.split("&&")[-1].split()
     assert last[0].endswith("gptscratch") and last[1:] == ["train"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

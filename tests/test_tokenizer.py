@@ -1,3 +1,5 @@
+"""tokenizer.py: GPT-2's BPE built offline, equal to tiktoken's own gpt2 encoding."""
+
 import socket
 
 import pytest

@@ -51,7 +51,7 @@ def attention_backend(name: str, device: torch.device):
     """A context that limits F.scaled_dot_product_attention to one kernel; 'auto' lets torch choose.
 
     torch's own pick is usually right, but which kernel is fastest differs by card and torch version (on an
-    H100, cuDNN's attention can beat FlashAttention-2), so `benchmarks/gpu_ab.py` measures it.
+    H100, cuDNN's attention can beat FlashAttention-2), so `python -m benchmarks gpu-ab` measures it.
     """
     if name == "auto":
         return contextlib.nullcontext()

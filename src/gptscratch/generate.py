@@ -8,14 +8,25 @@ and no slower than the uncached loop).
 
 from __future__ import annotations
 
+import argparse
+import codecs
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable
 
 import torch
 
+from gptscratch.device import pick_device
 from gptscratch.errors import UserError
+from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
 from gptscratch.model import GPT
-from gptscratch.precision import autocast
+from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
+from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+
+# Below this temperature sampling is greedy, as OpenAI's API treats 0. softmax(logits / T) is already one-hot
+# there for any gap between the top two logits above 1e-3 (e^-100), and a far smaller T would overflow float32
+# (1e-300 rounds to 0 in it, and logits / 0 are NaN).
+GREEDY_BELOW = 1e-5
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -26,8 +37,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p; the first always stays
+        # drop a token when the tokens ranked above it already reach top_p. The first always stays, said
+        # outright: a top_p below float32's smallest value compares as 0, which would drop it too.
         drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -49,9 +62,10 @@ def next_token(
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Pick one token per row from last-position logits (B, vocab)."""
+    """Pick one token per row from last-position logits (B, vocab). Below GREEDY_BELOW the temperature is
+    greedy; any top_p > 0 keeps at least the most likely token."""
     logits = logits.float()
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k < logits.size(-1):
         # Sample among the k candidates only: the same distribution as masking the rest to -inf, but
@@ -104,7 +118,8 @@ def generate(
                     logits, _ = model(idx[:, -block:], cache=cache, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-            logits = logits[:, -1, : config.vocab_size]  # padded vocab rows are never sampled
+            # neither padded rows nor ids the tokenizer lacks (a model trained with vocab_size 50304) are sampled
+            logits = logits[:, -1, : min(config.vocab_size, VOCAB_SIZE)]
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 tok = torch.where(done, torch.full_like(tok, stop_token), tok)
@@ -119,16 +134,60 @@ def generate(
     return idx
 
 
-def generate_many(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
-    """Generate for prompts of different lengths: rows of equal length share one batched call."""
-    device = model.lm_head.weight.device
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    out: list[list[int]] = [[] for _ in prompts]
-    for rows in by_len.values():
-        idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-        res = generate(model, idx, max_new_tokens, **kwargs)
-        for r, i in enumerate(rows):
-            out[i] = res[r].tolist()
-    return out
+# --- gptscratch sample ---------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise UserError("--max-new-tokens and --num-samples must be at least 1")
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    amp = autocast_dtype(args.dtype, device)
+    enc = get_encoding()
+    prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    if not prompt:
+        raise UserError("--prompt encodes to no tokens; give some text (or '<|endoftext|>' to start fresh)")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            out.write(f"--- sample {i + 1} ---\n")
+        out.write(args.prompt)
+        out.flush()
+        # tokens can split a multi-byte character: decode bytes incrementally
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def stream(tok: torch.Tensor, decoder=decoder) -> None:
+            t = int(tok[0])
+            if t != EOT_TOKEN:
+                out.write(decoder.decode(enc.decode_single_token_bytes(t)))
+                out.flush()
+
+        idx = torch.tensor([prompt], dtype=torch.long, device=device)
+        generate(
+            model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            generator=gen, stop_token=None if args.no_stop else EOT_TOKEN, on_token=stream, amp=amp,
+        )
+        out.write(decoder.decode(b"", final=True) + "\n")
+        out.flush()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
+                       description="Generate text with a KV cache and stream it to the terminal.")
+    add_model_args(p)
+    p.add_argument("--prompt", default="<|endoftext|>", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 (or anything below 1e-5) for greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-stop", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help=f"{DTYPE_HELP}. Default float32: decoding a token at a time is bound by reading the "
+                   "weights, which autocast would cast to bf16 again at every step")
+    p.set_defaults(func=cmd_sample)

@@ -10,6 +10,9 @@ is (a sleep-and-poll would land wherever the scheduler let it). The moments, one
   half-written checkpoint;
 - `shard:N`: after `prepare` has written N shards (data/prepare.py), to kill it between shards.
 
+`MOMENT@R` halts rank R alone (under torchrun), so that a test can kill one rank while the others carry on; a
+halted process names its pid.
+
 Unset (always, outside the tests), the hook costs one environment lookup. This module imports nothing
 heavy: `prepare`'s worker processes never load torch.
 """
@@ -25,8 +28,9 @@ HALTED = "gptscratch-test: halted at"  # then the moment, on stderr
 
 
 def halt(kind: str, n: int) -> None:
-    """Halt here for good, saying so on stderr first, if GPTSCRATCH_TEST_HALT is `kind:n`."""
-    if os.environ.get(HALT) == f"{kind}:{n}":
-        print(f"{HALTED} {kind}:{n}", file=sys.stderr, flush=True)
+    """Halt here for good, saying so on stderr first, if GPTSCRATCH_TEST_HALT is `kind:n` (or `kind:n@R` on rank R)."""
+    moment, _, rank = os.environ.get(HALT, "").partition("@")
+    if moment == f"{kind}:{n}" and rank in ("", os.environ.get("RANK", "0")):
+        print(f"{HALTED} {kind}:{n} (pid {os.getpid()})", file=sys.stderr, flush=True)
         while True:
             time.sleep(60)

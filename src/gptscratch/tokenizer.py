@@ -71,6 +71,15 @@ def get_encoding() -> tiktoken.Encoding:
     )
 
 
+def check_model_vocab(vocab_size: int, where: str) -> None:
+    """Refuse a model whose vocabulary cannot hold this tokenizer's ids: every command encodes text with it,
+    so such a model would fail at the first id past its table, deep in a forward pass. More rows than the
+    tokenizer's (nanoGPT's 50304) hold every id and are accepted; sampling never picks the extra ones."""
+    if vocab_size < VOCAB_SIZE:
+        raise UserError(f"{where}: vocab_size {vocab_size} cannot hold GPT-2's {VOCAB_SIZE:,} tokens, which "
+                        f"gptscratch encodes text with; expected a model of at least {VOCAB_SIZE} tokens")
+
+
 @functools.lru_cache(maxsize=1)
 def token_bytes() -> np.ndarray:
     """The UTF-8 bytes each token id stands for (int64, one per id); 0 for `<|endoftext|>`, which marks a

@@ -7,7 +7,7 @@ is `shuffle`:
   (row k is tokens [k*T, k*T + T]; the last token of a row is the first of the next, as y needs),
   and each epoch visits every row exactly once, in a seeded random order. A batch is B rows from
   anywhere in the split, so one step's gradient sees many places in the corpus rather than one
-  scene of one play: on a one-shard corpus this was worth 0.25 nats at the demo's size against
+  scene of one play: on a one-shard corpus this was worth about 0.27 nats at the demo's size against
   nanoGPT, which draws each row at a random offset (benchmarks/RESULTS.md). The order is a bijective
   hash of the row index (a keyed Feistel network over the next power of four, cycle-walked back
   into [0, rows)), so no permutation is materialised: memory is flat and a lookup is O(1) however
@@ -143,13 +143,6 @@ class TokenLoader:
         self._shard_tokens = np.array([s.tokens for s in self.shards], dtype=np.int64)
         self._stream_starts = np.cumsum(self._shard_tokens) - self._shard_tokens  # in name order
         self._offsets = np.arange(seq_len + 1)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Batches each rank gets from one pass over the split."""
-        if self.shuffle == "rows":
-            return self.rows_per_epoch // (self.batch_size * self.world_size)
-        return self.windows_per_epoch // self.world_size
 
     @property
     def epoch(self) -> int:

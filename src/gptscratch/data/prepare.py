@@ -5,6 +5,10 @@ tokenize them with an `<|endoftext|>` before each; the main process cuts the con
 stream into llm.c shards (shards.py) and records after each shard where in the document stream
 the next shard starts. A rerun of a killed `prepare` verifies the shards it finds, skips the
 documents they hold and carries on, so the result is byte-identical to an uninterrupted run.
+That holds only over the same documents: the state records the source's fingerprint (sources.py), and
+a resume over a source that has changed since is refused, as is a rerun of a finished prepare whose
+source has changed (the manifest keeps the fingerprint, with the number of documents read); `--overwrite`
+prepares it again from the start. A prepare that fails before its first shard leaves nothing it made.
 
 How val is chosen (every source): val is the first `val_tokens` tokens of the document stream,
 after the optional `--seed` shuffle, and train is the rest. The cut is at an exact token, so the
@@ -29,6 +33,7 @@ import multiprocessing
 import os
 import re
 import shlex
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -40,7 +45,7 @@ from tqdm import tqdm
 
 from gptscratch import testing
 from gptscratch.data import shards as fmt
-from gptscratch.data.sources import ERROR_MODES, Source, open_source, peek
+from gptscratch.data.sources import ERROR_MODES, Source, describe_change, open_source, peek
 from gptscratch.errors import UserError
 from gptscratch.io import file_sha256, write_json, writing
 from gptscratch.paths import DEFAULT_DATA
@@ -69,6 +74,7 @@ class PrepareOptions:
     streaming: bool = False  # stream hub datasets instead of downloading them
     progress: bool = True
     command: str | None = None  # recorded in the manifest
+    overwrite: bool = False  # replace an earlier prepare in the directory, finished or not
 
 
 def default_workers() -> int:
@@ -218,11 +224,45 @@ def _verified(out: Path, entry: dict) -> bool:
     return path.is_file() and file_sha256(path) == entry["sha256"]
 
 
-def _resume_state(out: Path, settings: dict, name: str) -> dict:
-    """The state of an unfinished run in `out` with the same settings (finished shards verified),
-    or a fresh state. Refuses a directory holding someone else's shards or other settings."""
+def _changed(source: str, old: dict | None, new: dict) -> str | None:
+    """What has changed in `source` since the fingerprint `old` was recorded, in words; None when nothing is
+    known to have. A record that cannot settle it is said on stderr, never passed over in silence."""
+    if old is None:
+        _warn(f"{source}: recorded by an earlier version of gptscratch, without the source's fingerprint, so a "
+              "change to the source since cannot be seen (--overwrite prepares it again)")
+        return None
+    if "revision" in new and not (old.get("revision") and new.get("revision")):
+        _warn(f"{source}: its revision on the hub {'is not known now' if old.get('revision') else 'was not known'}"
+              " (offline?), so a change to it since cannot be seen (--overwrite prepares it again)")
+        return None
+    return describe_change(old, new)
+
+
+def _warn(message: str) -> None:
+    print(f"gptscratch prepare: {message}", file=sys.stderr)
+
+
+def _discard(out: Path, record: dict) -> None:
+    """--overwrite: the earlier prepare that `record` (its manifest or state) describes, out of `out`. The manifest
+    goes first, so that no reader meets one whose shards are gone; only files this prepare names or numbers."""
+    name = record.get("settings", {}).get("name") if isinstance(record.get("settings"), dict) else None
+    files = {s["file"] for s in record.get("shards", []) if isinstance(s, dict) and isinstance(s.get("file"), str)}
+    if name:
+        files |= {p.name for split in ("val", "train") for p in out.glob(f"{name}_{split}_*.bin")}
+    with writing(out):
+        (out / fmt.MANIFEST).unlink(missing_ok=True)
+        for file in files:
+            if Path(file).name == file:  # a name inside `out`, whatever a damaged record says
+                (out / file).unlink(missing_ok=True)
+        (out / STATE_FILE).unlink(missing_ok=True)
+
+
+def _resume_state(out: Path, settings: dict, name: str, fingerprint: dict, overwrite: bool) -> dict:
+    """The state of an unfinished run in `out` with the same settings and source (finished shards verified),
+    or a fresh state. Refuses a directory holding someone else's shards, other settings or a source that has
+    changed since, unless `overwrite` (not for shards without a state: nothing says they are ours)."""
     path = out / STATE_FILE
-    fresh = {"settings": settings, "shards": []}
+    fresh = {"settings": settings, "source": fingerprint, "shards": []}
     if not path.exists():
         foreign = sorted(p.name for p in out.glob(f"{name}_*.bin"))
         if foreign:
@@ -234,23 +274,57 @@ def _resume_state(out: Path, settings: dict, name: str) -> dict:
         state = json.loads(path.read_text())
         old = state["settings"]
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: unreadable resume record ({e}); delete {out} and start again") from e
-    if old != settings and not state.get("shards"):
-        write_json(path, fresh, indent=1)  # a run that failed before its first shard: nothing to keep
+        if not overwrite:
+            raise UserError(f"{path}: unreadable resume record ({e}); delete {out} and start again, or pass "
+                            "--overwrite") from e
+        state, old = {"settings": {"name": name}}, None
+    if overwrite:
+        _discard(out, state)
+    if overwrite or not state.get("shards"):  # nothing to keep: a run that failed before its first shard
+        write_json(path, fresh, indent=1)
         return fresh
     if old != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-        raise UserError(f"{out}: holds an unfinished prepare with other settings ({diff}); "
-                        "rerun it with the same options or choose another --out")
+        raise UserError(f"{out}: holds an unfinished prepare with other settings ({diff}); rerun it with the same "
+                        "options, choose another --out, or pass --overwrite to start again")
+    change = _changed(settings["source"], state.get("source"), fingerprint)
+    if change is not None:
+        raise UserError(f"{out}: holds an unfinished prepare of {settings['source']}, which has changed since it "
+                        f"began ({change}); resuming would mix old and new documents: pass --overwrite to start again")
     good = list(itertools.takewhile(lambda s: _verified(out, s), state["shards"]))
     state["shards"] = good
+    state.setdefault("source", fingerprint)  # a state from before fingerprints: the source as it is now
     if not good:
         state.pop("val_tokens", None)  # resolved from the data again
     write_json(path, state, indent=1)
     return state
 
 
-def _manifest(source: Source, settings: dict, state: dict, command: str) -> dict:
+@contextlib.contextmanager
+def _tidied_on_failure(out: Path, made: list[Path]) -> Iterator[None]:
+    """On any failure (an interrupt included) that leaves no finished shard to resume from, remove the state file
+    and the directories this run made (`made`, deepest first): a failed prepare leaves nothing of its own."""
+    try:
+        yield
+    except BaseException:
+        state = out / STATE_FILE
+        try:
+            keep = bool(json.loads(state.read_text()).get("shards"))
+        except FileNotFoundError:
+            keep = False
+        except (OSError, ValueError, AttributeError):
+            keep = True  # a record that cannot be read is not this run's to judge
+        if not keep:
+            state.unlink(missing_ok=True)
+            for directory in made:
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty (someone else's files), or not ours to remove
+                    break
+        raise
+
+
+def _manifest(source: Source, settings: dict, state: dict, command: str, documents: int) -> dict:
     shards = [{k: s[k] for k in ("file", "split", "tokens", "documents", "sha256")} for s in state["shards"]]
     splits = {}
     for split in ("val", "train"):
@@ -260,7 +334,8 @@ def _manifest(source: Source, settings: dict, state: dict, command: str) -> dict
     return {
         "format": {"magic": fmt.MAGIC, "version": fmt.VERSION, "header_int32s": fmt.HEADER_INTS, "dtype": "uint16"},
         "name": settings["name"],
-        "source": {"spec": source.spec, **source.info},
+        # what the shards came from, with the number of documents (empty ones included) it yielded
+        "source": {"spec": source.spec, **source.info, "fingerprint": {**state["source"], "documents": documents}},
         "tokenizer": {"name": "gpt2", "vocab_bpe_sha256": VOCAB_BPE_SHA256, "encoder_json_sha256": ENCODER_JSON_SHA256,
                       "eot_token": EOT_TOKEN, "vocab_size": VOCAB_SIZE},
         "settings": settings,
@@ -310,27 +385,34 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    done = _finished_manifest(out, settings)
+    fingerprint = src.fingerprint()
+    done = _finished_manifest(out, settings, fingerprint, opts.overwrite)
     if done is not None:
         return done
+    made = [p for p in (out, *out.parents) if not p.exists()]
     with writing(out):  # a parent that is a file, a read-only disk: one line (so is any write after this)
         out.mkdir(parents=True, exist_ok=True)
-    # half-written files of a killed run (only ours: --out may be shared with other data)
-    for pattern in (f"{name}_*.bin.*tmp", f"{STATE_FILE}.*tmp", f"{fmt.MANIFEST}.*tmp"):
-        for leftover in out.glob(pattern):
-            leftover.unlink(missing_ok=True)
-    state = _resume_state(out, settings, name)
-    writer = ShardWriter(out, name, shard_tokens, val_tokens, state)
+    with _tidied_on_failure(out, made):
+        # half-written files of a killed run (only ours: --out may be shared with other data)
+        for pattern in (f"{name}_*.bin.*tmp", f"{STATE_FILE}.*tmp", f"{fmt.MANIFEST}.*tmp"):
+            for leftover in out.glob(pattern):
+                leftover.unlink(missing_ok=True)
+        state = _resume_state(out, settings, name, fingerprint, opts.overwrite)
+        writer = ShardWriter(out, name, shard_tokens, val_tokens, state)
 
-    documents = src.documents(writer.next_doc)
-    if writer.next_doc == 0:
-        first, documents = peek(documents)
-        if first is None:
-            raise UserError(f"{source}: no documents (all are empty or whitespace)")
-    _run(writer, documents, workers, src, opts.progress)
-    writer.finish(source)
+        documents = src.documents(writer.next_doc)
+        if writer.next_doc == 0:
+            first, documents = peek(documents)
+            if first is None:
+                raise UserError(f"{source}: no documents (all are empty or whitespace)")
+        _run(writer, documents, workers, src, opts.progress)
+        writer.finish(source)
+        change = describe_change(fingerprint, src.fingerprint())
+        if change is not None:  # the shards stay, and so does the state that refuses to resume over them
+            raise UserError(f"{source}: changed while it was being prepared ({change}); pass --overwrite to "
+                            "prepare it again")
 
-    manifest = _manifest(src, settings, state, command)
+    manifest = _manifest(src, settings, state, command, writer.docs_seen)
     write_json(out / fmt.MANIFEST, manifest, indent=1)
     (out / STATE_FILE).unlink()
     return manifest
@@ -358,18 +440,29 @@ def _run(writer: ShardWriter, documents: Iterable[str], workers: int, src: Sourc
         bar.set_postfix(docs=f"{docs:,}", shards=len(writer.shards))
 
 
-def _finished_manifest(out: Path, settings: dict) -> dict | None:
+def _finished_manifest(out: Path, settings: dict, fingerprint: dict, overwrite: bool) -> dict | None:
+    """The manifest of a finished prepare in `out` of the same settings and the same source, its shards verified;
+    None when there is none, or `overwrite` has removed it. Other settings or a changed source are refused."""
     path = out / fmt.MANIFEST
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
         old = manifest["settings"]
-    except (ValueError, KeyError, TypeError) as e:
+        recorded = manifest["source"].get("fingerprint")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: not a gptscratch manifest ({e}); choose another --out") from e
+    if overwrite:
+        _discard(out, manifest)
+        return None
     if old != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
-        raise UserError(f"{out}: already prepared with other settings ({diff}); choose another --out")
+        raise UserError(f"{out}: already prepared with other settings ({diff}); choose another --out, or pass "
+                        "--overwrite to replace it")
+    change = _changed(settings["source"], recorded, fingerprint)
+    if change is not None:
+        raise UserError(f"{out}: was prepared from {settings['source']}, which has changed since ({change}); pass "
+                        "--overwrite to prepare it again")
     for entry in manifest["shards"]:
         if not _verified(out, entry):
             raise UserError(f"{out / entry['file']}: missing or changed since prepare (sha256 mismatch); "
@@ -379,7 +472,8 @@ def _finished_manifest(out: Path, settings: dict) -> dict | None:
 
 def _given(opts: PrepareOptions) -> dict:
     defaults = asdict(PrepareOptions())
-    return {k: v for k, v in asdict(opts).items() if v != defaults[k] and k not in ("command", "progress")}
+    return {k: v for k, v in asdict(opts).items()
+            if v != defaults[k] and k not in ("command", "progress", "overwrite")}
 
 
 def ensure_shakespeare(out_dir: str | os.PathLike = DEFAULT_DATA, **options: Any) -> Path:
@@ -423,7 +517,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed, workers=args.workers, text_field=args.text_field,
         split_docs_on=_unescape(args.split_docs_on) if args.split_docs_on is not None else None,
         errors=args.errors, subset=args.subset, streaming=args.streaming, progress=not args.quiet,
-        command=shlex.join(parts),
+        command=shlex.join(parts), overwrite=args.overwrite,
     )
     val, train = manifest["splits"]["val"], manifest["splits"]["train"]
     print(f"{args.out}: train {train['tokens']:,} tokens in {train['shards']} shard(s), "
@@ -435,7 +529,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "prepare", help="tokenize a corpus into GPT-2 token shards (llm.c .bin format)",
         description="Tokenize SOURCE with GPT-2's BPE into llm.c-format shards plus manifest.json. "
-                    "Interrupt it any time: rerunning the same command resumes. "
+                    "Interrupt it any time: rerunning the same command resumes, unless the source has changed "
+                    "since (then --overwrite starts again). "
                     "Val is the first --val-tokens tokens of the document stream, train the rest.",
     )
     p.add_argument("source", metavar="SOURCE",
@@ -455,5 +550,7 @@ def register(sub) -> None:
                    help="bytes that are not UTF-8: strict (stop, default), replace (U+FFFD) or ignore")
     p.add_argument("--subset", default="sample-10BT", help="fineweb-edu config: sample-10BT (default), sample-100BT")
     p.add_argument("--streaming", action="store_true", help="stream hub datasets instead of downloading them")
+    p.add_argument("--overwrite", action="store_true", help="prepare again from the start, replacing an earlier "
+                   "prepare in --out (finished or not, its source changed or not): its manifest and shards only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)

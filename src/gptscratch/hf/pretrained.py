@@ -1,4 +1,5 @@
-"""Where a run's starting weights come from (`--init-from`), and what they decide about the run.
+"""Where a model comes from: a command's `--ckpt`/`--hf` flags, and a run's starting weights (`--init-from`),
+with what they decide about the run.
 
 A source is a Hugging Face directory or hub id (GPT-2's `GPT2LMHeadModel`, or a Qwen3/Llama model as
 `gptscratch export` writes a modern one) or a gptscratch checkpoint (a run, checkpoints/ or step
@@ -10,15 +11,19 @@ the run's own.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from gptscratch.errors import UserError
 from gptscratch.hf import load_hf, read_hf_config
 from gptscratch.hf.modern import is_gpt2
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
+from gptscratch.tokenizer import VOCAB_SIZE
+from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model, run_dir_of
 from gptscratch.train.config import MODEL_OPTIONS, TrainConfig
 
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", *MODEL_OPTIONS)
@@ -45,9 +50,10 @@ def source_config(spec: str) -> GPTConfig:
 
 def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """`cfg` with the model's shape taken from `cfg.init_from`; a flag in `given` that contradicts it is refused."""
-    source = source_config(cfg.init_from)
-    if source.vocab_size != 50257:
-        raise UserError(f"--init-from {cfg.init_from}: vocab_size {source.vocab_size}, not GPT-2's 50257 tokens")
+    source = source_config(cfg.init_from)  # a vocabulary too small for the tokenizer is refused in reading it
+    if source.vocab_size != VOCAB_SIZE:  # a run's model has the tokenizer's rows, padded by --vocab-multiple
+        raise UserError(f"--init-from {cfg.init_from}: vocab_size {source.vocab_size}, not GPT-2's {VOCAB_SIZE} "
+                        "tokens; a run pads its vocabulary itself (--vocab-multiple)")
     shape = {name: getattr(source, name) for name in SHAPE}
     for name, value in shape.items():
         if name in given and given[name] != value:
@@ -72,3 +78,32 @@ def load_source(cfg: TrainConfig) -> GPT:
     model = GPT(cfg.model_config())  # the run's own dropout; the shape is the source's
     model.load_state_dict(source.state_dict())
     return model
+
+
+# --- a command's model: --ckpt or --hf ------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hf", metavar="DIR_OR_ID", help="Hugging Face GPT-2 directory or hub id (gpt2, gpt2-xl, ...)")
+    p.add_argument("--ckpt", metavar="PATH", help="a gptscratch checkpoint (run dir, checkpoints/ dir or one step)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Before any download or file read: exactly one of --hf and --ckpt."""
+    if bool(args.hf) == bool(args.ckpt):
+        raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
+
+
+def load_model_arg(args: argparse.Namespace, device: torch.device) -> GPT:
+    """The model named by --hf or --ckpt (checked by check_model_args), on `device`, in eval mode."""
+    model = load_hf(args.hf) if args.hf else load_model(args.ckpt)
+    return model.to(device).eval()
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The id a served model goes by: its run directory's name (runs/demo -> demo), or the --hf dir or id."""
+    if args.hf:
+        return Path(args.hf).name if Path(args.hf).exists() else args.hf
+    step = find_checkpoint(args.ckpt).resolve()
+    return (run_dir_of(step) or step).name

@@ -5,13 +5,22 @@ Routes: `POST /v1/completions` (OpenAI's legacy completions shape, streamed as s
 tokenizer for evaluators: `GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize`.
 Every error is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the field at fault
 in `param`, so the `openai` client raises the matching exception (BadRequestError, RateLimitError, ...).
+
+Only the page and real clients get through: a browser on another site is refused by its Origin, a DNS
+rebinding (another site's name resolving to this machine) by its Host while bound to loopback, and a body
+that is not `application/json` (which a page elsewhere could post without asking the browser first) by its
+Content-Type. `GuardedH11` holds what uvicorn does not: a deadline for a request's head, and a cap on
+connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,9 +28,12 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gptscratch.serve.engine import Engine, Event, QueueFull, Request, Sampling
 from gptscratch.tokenizer import EOT_TOKEN
@@ -31,17 +43,26 @@ KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", 
          "stream_options", "echo", "logprobs", "user", "best_of", "presence_penalty", "frequency_penalty",
          "logit_bias", "suffix"}
 MAX_LOGPROBS = 20
+MAX_INT_DIGITS = 4300  # Python's own limit for int(str): past it, json.loads would raise ValueError
+# a Host header's name (a bracketed IPv6 address, or no colon, @ or slash in it) and port
+HOST = r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]@/]+)(?::(\d{1,5}))?"
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None):
+                 code: str | None = None, close: bool = False):
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.close = close  # end the connection too: what is left of the request cannot be read
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status,
+                            headers={"Connection": "close"} if self.close else None)
 
 
 @dataclass
@@ -81,9 +102,43 @@ def _int(body: dict, name: str, default: int | None, low: int, high: int) -> int
     return value
 
 
+def _check_text(body: dict) -> None:
+    """JSON can carry a lone surrogate ("\\ud800"), which is no text and fails wherever it is first encoded:
+    refuse it here, naming the field."""
+    lone = "holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not text"
+    for name, value in body.items():
+        if not _encodes(name):
+            raise ApiError(400, f"a field name {lone}")
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str) and not _encodes(item):
+                raise ApiError(400, f"'{name}' {lone}", name)
+            if isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item)
+                stack.extend(item.values())
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ApiError(400, f"the request body holds an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
 def parse_completion(body: Any, server: Server) -> Completion:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_text(body)
     unknown = sorted(set(body) - KNOWN)
     if unknown:
         raise ApiError(400, f"unknown field '{unknown[0]}' (this server reads: {', '.join(sorted(KNOWN))})",
@@ -168,11 +223,27 @@ def _prompts(prompt: Any, server: Server) -> tuple[list[list[int]], list[str]]:
 
 
 class Server:
-    """What the routes share: the engine, the model's name, the limits."""
+    """What the routes share: the engine, the model's name, the limits. `loopback`: the server listens on a
+    loopback address, so a Host header naming anything else is a DNS rebinding."""
 
-    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None, max_body: int = 1 << 20):
+    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None, max_body: int = 1 << 20,
+                 loopback: bool = True, request_timeout: float = 30.0):
         self.engine, self.model_id, self.api_key, self.max_body = engine, model_id, api_key, max_body
+        self.loopback, self.request_timeout = loopback, request_timeout
         self.created = int(time.time())
+
+    def check_origin(self, headers: Headers) -> None:
+        """Host (when bound to loopback) and Origin, before any route runs."""
+        host = headers.get("host")
+        if host is None:
+            raise ApiError(400, "the request has no Host header")
+        if self.loopback and not is_loopback_host(host):
+            raise ApiError(400, f"this server answers to localhost, 127.0.0.1 and [::1] only, not the Host "
+                           f"{host[:80]!r}")
+        origin = headers.get("origin")
+        if origin is not None and not same_origin(origin, host):
+            raise ApiError(403, f"requests from the page at {origin[:80]!r} are not accepted: only this server's "
+                           "own page and clients that are not browsers may call it")
 
     def check_auth(self, request: HttpRequest) -> None:
         if self.api_key is None:
@@ -183,18 +254,57 @@ class Server:
                            kind="invalid_request_error", code="invalid_api_key")
 
     async def read_json(self, request: HttpRequest) -> Any:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, f"the request body must be sent as 'Content-Type: application/json', not "
+                           f"{media[:50] or 'without one'!r}")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise ApiError(413, f"the request body is larger than {self.max_body} bytes")
+        try:
+            body = await asyncio.wait_for(self._read_body(request), self.request_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.request_timeout:g} s "
+                           "(--request-timeout)", close=True) from None
+        try:
+            return json.loads(body, parse_int=_parse_int)
+        except RecursionError:
+            raise ApiError(400, "the request body is nested too deeply to read") from None
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError among them
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+    async def _read_body(self, request: HttpRequest) -> bytearray:
         body = bytearray()
         async for chunk in request.stream():  # also caps a body sent without a length
             body += chunk
             if len(body) > self.max_body:
                 raise ApiError(413, f"the request body is larger than {self.max_body} bytes")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        return body
+
+
+def host_name(host: str) -> str | None:
+    """The name a Host header (or an origin's host part) gives, lower-cased and unbracketed; None if malformed."""
+    match = re.fullmatch(HOST, host)
+    return match[1].strip("[]").lower() if match else None
+
+
+def is_loopback_host(host: str) -> bool:
+    name = host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        return name is not None and ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a name, not an address: it could resolve anywhere
+        return False
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's Origin is this server's own, as the Host header names it (the port defaults by scheme)."""
+    page, here = re.fullmatch(rf"(https?)://{HOST}", origin, re.IGNORECASE), re.fullmatch(HOST, host)
+    if page is None or here is None:  # "null" (a sandboxed or file: page) included
+        return False
+    default = "443" if page[1].lower() == "https" else "80"
+    return (page[2].lower() == here[1].lower() and int(page[3] or default) == int(here[2] or default))
 
 
 def _logprobs_block(enc, tokens: list[int], lps: list, tops: list, offset: int) -> dict:
@@ -222,7 +332,7 @@ async def completions(request: HttpRequest) -> Response:
     except ApiError as e:
         return e.response()
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Event] = asyncio.Queue()
+    events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the client has gone
     engine_requests = [
         Request(prompt, req.sampling, n=req.n, first_index=i * req.n,
                 on_event=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
@@ -261,20 +371,29 @@ async def completions(request: HttpRequest) -> Response:
         for r in engine_requests:
             r.cancelled = True
 
-    if req.stream:
-        return StreamingResponse(_stream(req, base, events, total, usage_prompt, echo_part, enc, cancel),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    choices: dict[int, dict] = {}
-    completion_tokens = 0
+    # Until the response starts, a disconnect is noticed here (the engine never pauses long enough for a
+    # poll between its events to see it); a streamed response then watches for it itself.
+    watcher = asyncio.create_task(_watch_disconnect(request, events))
+    streaming = False
     try:
-        finished = 0
+        if req.stream:
+            first = await events.get()  # held back until then, so a request that fails at once gets a 500
+            if first is None:
+                return Response(status_code=499)
+            if first.finish_reason == "error":
+                return _decoding_failed(first).response()
+            watcher.cancel()
+            streaming = True
+            return StreamingResponse(_stream(req, base, first, events, total, usage_prompt, echo_part, enc, cancel),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        choices: dict[int, dict] = {}
+        completion_tokens = finished = 0
         while finished < total:
-            try:
-                ev = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():  # nobody is waiting for the answer any more
-                    return Response(status_code=499)
-                continue
+            ev = await events.get()
+            if ev is None:  # nobody is waiting for the answer any more
+                return Response(status_code=499)
+            if ev.finish_reason == "error":
+                return _decoding_failed(ev).response()
             if ev.index not in choices:
                 text, block = echo_part(ev.index)
                 choices[ev.index] = {"index": ev.index, "text": text, "logprobs": block, "finish_reason": None,
@@ -290,10 +409,10 @@ async def completions(request: HttpRequest) -> Response:
             if ev.finish_reason is not None:
                 c["finish_reason"] = ev.finish_reason
                 finished += 1
-    finally:  # the client went away before the end: free the rows at the engine's next step
-        cancel()
-    if any(c["finish_reason"] == "error" for c in choices.values()):
-        return ApiError(500, f"decoding failed: {server.engine.failure!r}", kind="server_error").response()
+    finally:
+        watcher.cancel()
+        if not streaming:  # gone, failed or done: free the rows at the engine's next step
+            cancel()
     for c in choices.values():
         del c["_offset"]
         if req.sampling.logprobs is None:
@@ -303,8 +422,20 @@ async def completions(request: HttpRequest) -> Response:
                                    "total_tokens": usage_prompt + completion_tokens}})
 
 
-async def _stream(req: Completion, base: dict, events: asyncio.Queue, total: int, usage_prompt: int, echo_part,
-                  enc, cancel):
+async def _watch_disconnect(request: HttpRequest, events: asyncio.Queue) -> None:
+    """Put None in `events` once the client disconnects (the body has been read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    events.put_nowait(None)
+
+
+def _decoding_failed(event: Event) -> ApiError:
+    return ApiError(500, f"decoding this request failed ({event.error}); the server goes on serving",
+                    kind="server_error")
+
+
+async def _stream(req: Completion, base: dict, first: Event, events: asyncio.Queue, total: int, usage_prompt: int,
+                  echo_part, enc, cancel):
     """Server-sent events: one chunk per generated token and choice, then `data: [DONE]`."""
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         body = {**base, "choices": choices}
@@ -314,9 +445,16 @@ async def _stream(req: Completion, base: dict, events: asyncio.Queue, total: int
 
     offsets: dict[int, int] = {}
     finished = completion_tokens = 0
+    ev: Event | None = first
     try:
         while finished < total:
-            ev = await events.get()
+            if ev is None:
+                ev = await events.get()
+            if ev is None:  # the client has gone; Starlette cancels this generator as it notices
+                return
+            if ev.finish_reason == "error":  # too late for a status: OpenAI's error as the last event
+                yield f"data: {json.dumps(_decoding_failed(ev).body())}\n\n"
+                return
             text, logprobs = "", None
             if ev.index not in offsets:
                 text, logprobs = echo_part(ev.index)
@@ -328,11 +466,8 @@ async def _stream(req: Completion, base: dict, events: asyncio.Queue, total: int
             offsets[ev.index] += len(ev.text)
             completion_tokens += len(ev.tokens)
             finished += ev.finish_reason is not None
-            reason = ev.finish_reason
-            if reason == "error":
-                yield f"data: {json.dumps({'error': {'message': 'decoding failed', 'type': 'server_error'}})}\n\n"
-                return
-            yield chunk([{"index": ev.index, "text": text, "logprobs": logprobs, "finish_reason": reason}])
+            yield chunk([{"index": ev.index, "text": text, "logprobs": logprobs, "finish_reason": ev.finish_reason}])
+            ev = None
         if req.include_usage:
             yield chunk([], {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens,
                              "total_tokens": usage_prompt + completion_tokens})
@@ -429,12 +564,104 @@ async def not_found(request: HttpRequest, exc: Exception) -> Response:
                     else f"{request.method} is not allowed on {request.url.path}").response()
 
 
+class Guard:
+    """ASGI middleware around every route: Host and Origin first (Server.check_origin); then any exception a
+    route did not expect becomes OpenAI's 500, logged, and the server goes on."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.server.check_origin(Headers(scope=scope))
+        except ApiError as e:
+            await e.response()(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:  # part of a response has gone: uvicorn closes the connection
+                raise
+            log.exception("%s %s failed; answered 500", scope["method"], scope["path"])
+            await ApiError(500, "the server failed on this request; it goes on serving",
+                           kind="server_error").response()(scope, receive, send)
+
+
 def make_app(server: Server) -> Starlette:
     app = Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/tokenizer_info", tokenizer_info), Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
-    ], exception_handlers={404: not_found, 405: not_found})
+    ], exception_handlers={404: not_found, 405: not_found}, middleware=[Middleware(Guard, server=server)])
     app.state.server = server
     return app
+
+
+def raw_error(status: int, phrase: str, error: ApiError) -> bytes:
+    """A whole HTTP response, for the moments h11 cannot write one (no request yet, or a broken one)."""
+    body = json.dumps(error.body()).encode()
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 connection with the two limits it lacks. A request's head (its line and headers) must
+    arrive within `head_timeout` seconds of the connection opening or of the previous response, or the
+    connection gets a 408 and is closed: a client that dribbles a byte now and then holds nothing for
+    long. A connection beyond `max_connections` gets a 503 and is closed at once. Malformed HTTP gets
+    OpenAI's error shape as well. Make one with `limited`."""
+
+    head_timeout: float = 30.0
+    max_connections: int = 256
+
+    @classmethod
+    def limited(cls, head_timeout: float, max_connections: int) -> type[GuardedH11]:
+        return type("GuardedH11", (cls,), {"head_timeout": head_timeout, "max_connections": max_connections})
+
+    def connection_made(self, transport) -> None:
+        self.head_deadline = None
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(raw_error(503, "Service Unavailable", ApiError(
+                503, f"the server holds {self.max_connections} connections already (--max-connections); retry "
+                "later", kind="server_error", code="too_many_connections")))
+            transport.close()
+            return
+        self.arm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def arm_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+        self.head_deadline = self.loop.call_later(self.head_timeout, self.head_overdue)
+
+    def head_overdue(self) -> None:
+        waiting_for_head = self.cycle is None or self.cycle.response_complete
+        if waiting_for_head and not self.transport.is_closing():
+            if self.conn.trailing_data[0]:  # part of a head came: say why; an idle connection just closes
+                self.transport.write(raw_error(408, "Request Timeout", ApiError(
+                    408, f"the request's headers did not arrive within {self.head_timeout:g} s (--request-timeout)")))
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(raw_error(400, "Bad Request", ApiError(400, f"malformed HTTP: {msg}")))
+        self.transport.close()

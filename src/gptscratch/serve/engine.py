@@ -10,12 +10,14 @@ request gives the same tokens alone or batched with others.
 
 This module knows tokens and text, not HTTP: `gptscratch.serve.api` turns requests into `Request`s and
 `Event`s into responses. The engine runs in one thread of its own; `Request.on_event` is called from it.
+Whatever fails while a request is prefilled or sampled fails that request alone (its choices end with
+finish_reason "error"); a failed forward pass over the batch fails the requests in it; the engine goes on.
 """
 
 from __future__ import annotations
 
 import codecs
-import queue
+import logging
 import random
 import threading
 import time
@@ -30,6 +32,8 @@ from gptscratch.generate import next_token
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
 from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -56,7 +60,8 @@ class Event:
     tokens: list[int]
     token_logprobs: list[float]
     top_logprobs: list[dict[int, float]]
-    finish_reason: str | None = None  # "stop" (a stop string or <|endoftext|>), "length", "cancelled"
+    finish_reason: str | None = None  # "stop" (a stop string or <|endoftext|>), "length", "cancelled", "error"
+    error: str | None = None  # with "error": what failed
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Request:
     echo_logprobs: bool = False  # also score the prompt's tokens (prompt_logprobs, set before any event)
     prompt_logprobs: list[tuple[float | None, dict[int, float] | None]] = field(default_factory=list)
     cancelled: bool = False  # set from any thread: the engine drops the request at its next step
+    error: str | None = None  # set by the engine when decoding this request failed
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -123,7 +129,7 @@ class Choice:
         n_tok = len(self.tokens)
         ev = Event(self.index, self.text[self.sent_text : end], self.tokens[self.sent_tokens : n_tok],
                    self.token_logprobs[self.sent_tokens : n_tok], self.top_logprobs[self.sent_tokens : n_tok],
-                   self.finish_reason)
+                   self.finish_reason, self.request.error if self.finish_reason == "error" else None)
         self.sent_text, self.sent_tokens = end, n_tok
         return ev
 
@@ -136,7 +142,8 @@ class Engine:
         self.device = model.lm_head.weight.device
         self.max_batch, self.max_queue, self.amp = max_batch, max_queue, amp
         self.enc = get_encoding()
-        self.vocab = model.config.vocab_size
+        # the ids a request may use or get: a model's rows beyond the tokenizer's (nanoGPT's 50,304) have no text
+        self.vocab = min(model.config.vocab_size, self.enc.n_vocab)
         self.cache = model.new_cache(max_batch, dtype=amp, per_row=True)
         self.running: list[Choice] = []  # running[i] decodes in cache row i; it feeds its last token next
         self.waiting: deque[Request] = deque()
@@ -187,12 +194,13 @@ class Engine:
                 self._admit()
                 if self.running:
                     self._step()
-        except BaseException as e:  # a bug or an out-of-memory: fail every request instead of hanging them
+        except BaseException as e:  # a bug in the engine itself: fail every request instead of hanging them
             with self.wake:
                 self.failure = e
                 waiting, self.waiting = list(self.waiting), deque()
             for choice in self.running + [Choice(r, r.first_index + j, self.device) for r in waiting
                                           for j in range(r.n)]:
+                choice.request.error = choice.request.error or f"the decoding engine stopped ({e!r})"
                 choice.finish_reason = "error"
                 choice.request.on_event(choice.event())
             raise
@@ -210,57 +218,96 @@ class Engine:
     @torch.inference_mode()
     def _prefill(self, request: Request) -> None:
         row = len(self.running)
-        idx = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
-        with autocast(self.device, self.amp):
-            logits, _ = self.model(idx, cache=self.cache.rows(row, row + 1, empty=True),
-                                   last_only=not request.echo_logprobs)
-        logits = logits[0, :, : self.vocab].float()
-        if request.echo_logprobs:  # the prompt's own tokens, each under the context before it
-            k = request.sampling.logprobs or 0
-            logp = F.log_softmax(logits[:-1], dim=-1)
-            request.prompt_logprobs = [(None, None)] + [
-                (float(logp[i, t]), top_dict(logp[i], k)) for i, t in enumerate(request.prompt[1:])]
-        last = logits[-1:]
-        for j in range(request.n):
-            choice = Choice(request, request.first_index + j, self.device)
-            if request.sampling.max_tokens == 0:  # scoring only (echo + logprobs): nothing to generate
-                choice.finish_reason = "length"
-            else:
-                self._sample([choice], last)
-            request.on_event(choice.event())
-            if choice.finish_reason is None:
+        ended: set[int] = set()  # the choices whose last event has gone out
+        try:
+            idx = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
+            with autocast(self.device, self.amp):
+                logits, _ = self.model(idx, cache=self.cache.rows(row, row + 1, empty=True),
+                                       last_only=not request.echo_logprobs)
+            logits = logits[0, :, : self.vocab].float()
+            if request.echo_logprobs:  # the prompt's own tokens, each under the context before it
+                k = request.sampling.logprobs or 0
+                logp = F.log_softmax(logits[:-1], dim=-1)
+                request.prompt_logprobs = [(None, None)] + [
+                    (float(logp[i, t]), top_dict(logp[i], k)) for i, t in enumerate(request.prompt[1:])]
+            last = logits[-1:]
+            last_logp = F.log_softmax(last, dim=-1) if request.sampling.logprobs is not None else None
+            for j in range(request.n):
+                choice = Choice(request, request.first_index + j, self.device)
+                if request.sampling.max_tokens == 0:  # scoring only (echo + logprobs): nothing to generate
+                    choice.finish_reason = "length"
+                else:
+                    self._pick(choice, last, last_logp)
+                self._emit(choice)
+                if choice.finish_reason is not None:
+                    ended.add(choice.index)
+                    continue
                 # n > 1: every choice starts from the prompt's keys and values, still in `row` (no step has
                 # run since the prefill, so the choices already placed there have not changed them)
                 if len(self.running) != row:
                     self.cache.copy_row(row, len(self.running), len(request.prompt))
                 self.cache.lengths[len(self.running)] = len(request.prompt)
                 self.running.append(choice)
+        except Exception as e:
+            del self.running[row:]  # this request's choices were the last placed
+            self._fail(request, e)
+            for j in range(request.n):
+                if request.first_index + j not in ended:
+                    choice = Choice(request, request.first_index + j, self.device)
+                    choice.finish_reason = "error"
+                    self._emit(choice)
 
-    def _sample(self, choices: list[Choice], logits: torch.Tensor) -> None:
-        """Each choice picks from its own row of `logits` (rows, vocab) with its own settings and generator."""
-        logp = F.log_softmax(logits, dim=-1) if any(c.request.sampling.logprobs is not None for c in choices) else None
-        for i, choice in enumerate(choices):
-            s = choice.request.sampling
-            token = int(next_token(logits[i : i + 1], s.temperature, s.top_k, s.top_p, choice.generator))
-            lp = top = None
-            if s.logprobs is not None:
-                lp, top = float(logp[i, token]), top_dict(logp[i], s.logprobs)
-            choice.add(token, lp, top, self.enc)
+    def _pick(self, choice: Choice, logits: torch.Tensor, logp: torch.Tensor | None) -> None:
+        """One token for `choice` from its row of logits (1, vocab), with its own settings and generator;
+        `logp` is that row's log-softmax where the request asked for logprobs."""
+        s = choice.request.sampling
+        token = int(next_token(logits, s.temperature, s.top_k, s.top_p, choice.generator))
+        lp = top = None
+        if s.logprobs is not None:
+            lp, top = float(logp[0, token]), top_dict(logp[0], s.logprobs)
+        choice.add(token, lp, top, self.enc)
+
+    def _fail(self, request: Request, error: Exception) -> None:
+        """Mark `request` failed: its choices end with "error" when they next report."""
+        if request.error is None:
+            log.error("a request failed in the decoding engine; the others go on", exc_info=error)
+            request.error = f"{type(error).__name__}: {error}"[:300]
+
+    def _emit(self, choice: Choice) -> None:
+        try:
+            choice.request.on_event(choice.event())
+        except Exception:  # nobody can be told any more (the server is closing): stop decoding for it
+            choice.request.cancelled = True
 
     @torch.inference_mode()
     def _step(self) -> None:
         n = len(self.running)
-        # a running choice has a token: one that ended on <|endoftext|> (kept out of its tokens) has left
-        idx = torch.tensor([c.tokens[-1] for c in self.running], dtype=torch.long, device=self.device)[:, None]
-        with autocast(self.device, self.amp):
-            logits, _ = self.model(idx, cache=self.cache.rows(0, n))
-        self._sample(self.running, logits[:, -1, : self.vocab].float())
+        logits = logp = None
+        try:
+            # a running choice has a token: one that ended on <|endoftext|> (kept out of its tokens) has left
+            idx = torch.tensor([c.tokens[-1] for c in self.running], dtype=torch.long, device=self.device)[:, None]
+            with autocast(self.device, self.amp):
+                out, _ = self.model(idx, cache=self.cache.rows(0, n))
+            logits = out[:, -1, : self.vocab].float()
+            if any(c.request.sampling.logprobs is not None for c in self.running):
+                logp = F.log_softmax(logits, dim=-1)
+        except Exception as e:  # one pass for every row: no one request to blame, so each in it fails
+            for choice in self.running:
+                self._fail(choice.request, e)
         with self.wake:
             self.steps += 1
+        for i, choice in enumerate(self.running):
+            if logits is not None and choice.request.error is None:
+                try:
+                    self._pick(choice, logits[i : i + 1], None if logp is None else logp[i : i + 1])
+                except Exception as e:
+                    self._fail(choice.request, e)
         for choice in self.running:
-            if choice.request.cancelled and choice.finish_reason is None:
+            if choice.finish_reason is None and choice.request.error is not None:  # n > 1: its siblings too
+                choice.finish_reason = "error"
+            elif choice.request.cancelled and choice.finish_reason is None:
                 choice.finish_reason = "cancelled"
-            choice.request.on_event(choice.event())
+            self._emit(choice)
         # leave between steps: fill each finished row with the last running one
         for row in reversed(range(n)):
             if self.running[row].finish_reason is not None:
@@ -276,27 +323,3 @@ def top_dict(logp: torch.Tensor, k: int) -> dict[int, float]:
         return {}
     values, ids = torch.topk(logp, k)
     return {int(i): float(v) for i, v in zip(ids, values, strict=True)}
-
-
-def run_until_done(engine: Engine, requests: list[Request], timeout: float = 600.0) -> None:
-    """Submit and wait: for tests and benchmarks that drive the engine without HTTP. An engine not started
-    yet is started once everything is submitted, so the requests are admitted together."""
-    done: queue.SimpleQueue = queue.SimpleQueue()
-    remaining = {id(r): r.n for r in requests}
-
-    def watch(request: Request, inner: Callable[[Event], None]) -> Callable[[Event], None]:
-        def on_event(event: Event) -> None:
-            inner(event)
-            if event.finish_reason is not None:
-                done.put(id(request))
-        return on_event
-
-    for r in requests:
-        r.on_event = watch(r, r.on_event)
-        engine.submit(r)
-    if engine.thread is None:
-        engine.start()
-    total = sum(remaining.values())
-    deadline = time.monotonic() + timeout
-    for _ in range(total):
-        done.get(timeout=max(0.0, deadline - time.monotonic()))

@@ -30,6 +30,7 @@ from gptscratch import testing
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, read_safetensors, save_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import check_model_vocab
 
 FORMAT = "gptscratch-checkpoint-1"
 
@@ -240,6 +241,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"{state_path}: missing or malformed field ({e})") from None
     except UserError as e:
         raise UserError(f"{state_path}: {e}") from None
+    check_model_vocab(model_config.vocab_size, str(state_path))  # every reader of checkpoints passes here
     # fields of the wrong type would fail far from here (a list as the step, a string as a loader state)
     fine = (isinstance(saved.step, int) and saved.step >= 0 and isinstance(saved.world_size, int)
             and saved.world_size >= 1 and isinstance(saved.config, dict) and isinstance(saved.loader_states, list)

@@ -64,6 +64,15 @@ def resolve_run(settings: dict[str, Any], resume: str | None) -> tuple[TrainConf
         raise UserError(f"--preset {settings['preset']}: {saved.path} was trained with --preset "
                         f"{saved.config.get('preset')}, and a resumed run keeps its saved config; drop --preset, or "
                         "give the single settings to change")
+    # A resumed run's weights are its checkpoint's: another --init-from would be recorded as its source in
+    # config.json (and reported as what it was fine-tuned from) without a weight of it being read. The same
+    # source as the checkpoint's is accepted, so that a preemptible fine-tune relaunches with one command line.
+    source = saved.config.get("init_from") or ""
+    if "init_from" in settings and settings["init_from"] != source:
+        began = f"from --init-from {source}" if source else "from random weights"
+        raise UserError(f"--init-from {settings['init_from']}: {saved.path} continues a run that began {began}, "
+                        "and a resumed run starts from its checkpoint's weights; drop --init-from, or start a new "
+                        "run into another --out")
     # --overwrite is this command's decision, never inherited from the run that saved the checkpoint
     overrides = {"overwrite": False, **settings, "out": str(run_dir)}
     try:
@@ -87,6 +96,13 @@ def report_finetune(run_dir: Path, source: str, result: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, saved = resolve_run(given_settings(args), args.resume)
+    if saved is not None and saved.step >= cfg.max_steps:
+        # nothing to train: say so (a relaunched job that already finished), leaving the run as it is
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"done already: the run is complete at step {saved.step} (--max-steps {cfg.max_steps}); its "
+                  f"checkpoint is {saved.path}. Train further with a larger --max-steps, or sample with: "
+                  f"gptscratch sample --ckpt {saved.path}")
+        return 0
     result = train(cfg, saved, resuming=args.resume is not None)
     if result.get("stopped") or int(os.environ.get("RANK", "0")) != 0:
         return 0

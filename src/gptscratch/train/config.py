@@ -293,12 +293,6 @@ def _bounds(meta: Any) -> list[tuple[str, Callable[[float], bool]]]:
             for key, (sign, op) in tests.items() if key in meta]
 
 
-def numeric_fields_without_range() -> list[str]:
-    """Numeric settings that declare no range (a test keeps this empty: every number is checked)."""
-    return [f.name for f in dataclasses.fields(TrainConfig)
-            if _types()[f.name] in (int, float) and not _bounds(f.metadata)]
-
-
 def resolve_config(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The preset, then its architecture's option set (--arch may choose another), then the overrides."""
     if preset not in PRESETS:

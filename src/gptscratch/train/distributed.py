@@ -1,10 +1,14 @@
-"""One process, or many under torchrun: which rank this is, and the few collectives the loop needs."""
+"""One process, or many under torchrun: which rank this is, the few collectives the loop needs, and what a
+survivor says when another rank's process ends under it."""
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -14,6 +18,11 @@ from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 
 T = TypeVar("T")
+
+PROCESS_KEY = "gptscratch/process/{rank}"  # in the group's store: "host pid" of each rank
+# What a collective raises when the process at the other end has gone (gloo's words, then NCCL's)
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker crashing",
+             "remote process exited", "communicator was aborted")
 
 
 @dataclass
@@ -55,7 +64,76 @@ def init_distributed(device_name: str, group_of_one: bool = False) -> tuple[Dist
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+    _announce(d)
     return d, device
+
+
+def _store():
+    # the default group's store: torchrun's agent holds it, so it outlives any one worker (a private name, kept
+    # since torch 1.x; without it, a survivor still names the rank that ended in a world of two)
+    return dist.distributed_c10d._get_default_store()
+
+
+def _announce(d: Dist) -> None:
+    """Record where this rank runs, so that a survivor can tell which rank's process has ended (`lost_rank`)."""
+    try:
+        _store().set(PROCESS_KEY.format(rank=d.rank), f"{socket.gethostname()} {os.getpid()}")
+    except Exception:  # a store without set (or none): the names fall back to what the world's size tells
+        pass
+
+
+def _running(pid: int) -> bool:
+    if Path("/proc/self/stat").exists():  # Linux: a zombie, killed but not yet reaped, has ended too
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def ended_ranks(d: Dist) -> list[int]:
+    """The other ranks on this machine whose process has ended (ranks elsewhere cannot be seen from here)."""
+    try:
+        store, host, ended = _store(), socket.gethostname(), []
+        for rank in range(d.world_size):
+            key = PROCESS_KEY.format(rank=rank)
+            if rank != d.rank and store.check([key]):
+                where, pid = store.get(key).decode().split()
+                if where == host and not _running(int(pid)):
+                    ended.append(rank)
+        return ended
+    except Exception:  # the store is gone too (its machine went down): nothing more can be told
+        return []
+
+
+def lost_rank(error: BaseException, d: Dist) -> UserError | None:
+    """A collective that failed because another rank's process ended, as one line naming that rank; None for any
+    other error, which keeps its traceback. A killed process closes its connections as it dies, so a survivor
+    may look before it has quite ended: it looks again for a second."""
+    if not d.enabled or not isinstance(error, RuntimeError):
+        return None
+    peer_lost = any(words in str(error) for words in PEER_LOST)
+    ended = ended_ranks(d)
+    for _ in range(10 if peer_lost else 0):
+        if ended:
+            break
+        time.sleep(0.1)
+        ended = ended_ranks(d)
+    if not ended and not peer_lost:
+        return None
+    if not ended and d.world_size == 2:
+        ended = [1 - d.rank]
+    who = (f"rank {ended[0]}" if len(ended) == 1 else f"ranks {', '.join(map(str, ended))}" if ended
+           else "another rank")
+    return UserError(f"{who} of {d.world_size} ended (killed, or crashed: see its own output) while rank {d.rank} "
+                     "was exchanging data with it, so this rank stops too; continue from the last checkpoint with "
+                     "--resume")
 
 
 def shutdown(d: Dist) -> None:

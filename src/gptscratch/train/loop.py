@@ -44,7 +44,16 @@ from gptscratch.train.config import (
     TrainConfig,
     grad_accum_steps,
 )
-from gptscratch.train.distributed import Dist, all_reduce_mean, barrier, gather, init_distributed, on_master, shutdown
+from gptscratch.train.distributed import (
+    Dist,
+    all_reduce_mean,
+    barrier,
+    gather,
+    init_distributed,
+    lost_rank,
+    on_master,
+    shutdown,
+)
 from gptscratch.train.optim import build_optimizer, load_optimizer_state, lr_at
 
 
@@ -460,6 +469,13 @@ def train(cfg: TrainConfig, saved: ckpt.Checkpoint | None = None, resuming: bool
         run_dir = Path(cfg.run_dir())
         lock = on_master(d, lambda: rundir.claim(run_dir, saved.path if saved else None, resuming, cfg.overwrite))
         return loop(setup(cfg, saved, d, device))
+    except RuntimeError as e:
+        if d.enabled:  # torchrun's SIGTERM to the survivors, a moment after a rank died, would cut the line short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        lost = lost_rank(e, d)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if lock is not None:
             lock.release()
