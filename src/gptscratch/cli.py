@@ -26,7 +26,9 @@ from gptscratch.config import BoolFlag
 from gptscratch.data import prepare
 from gptscratch.data.shards import find_shards
 from gptscratch.device import pick_device
+from gptscratch.distributed import init_distributed, on_master, shutdown
 from gptscratch.errors import UserError
+from gptscratch.evaluate import core
 from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
 from gptscratch.evaluate.loss import split_loss
 from gptscratch.generate import check_sampling, generate
@@ -225,6 +227,17 @@ def cmd_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_core(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    core.check_args(args)
+    d, device = init_distributed(args.device)  # under torchrun each process scores its share of the examples
+    try:
+        on_master(d, lambda: core.bundle_path(args.bundle))  # one process downloads the bundle, if it must
+        return core.run(args, lambda: load_model_arg(args, device), device, d.rank, d.world_size)
+    finally:
+        shutdown(d)
+
+
 def register_model_commands(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a model, streamed to the terminal",
                        description="Generate text with a KV cache and stream it to the terminal.")
@@ -277,7 +290,7 @@ def register_model_commands(sub) -> None:
                    "holding config.json), as a whole")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="evaluate a model: hellaswag, or loss on a prepared corpus",
+    p = sub.add_parser("eval", help="evaluate a model: hellaswag, core, or loss on a prepared corpus",
                        description="Evaluate a model on a benchmark.")
     evals = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
     h = evals.add_parser(
@@ -296,6 +309,10 @@ def register_model_commands(sub) -> None:
     h.add_argument("--dtype", choices=DTYPES, default="auto", help=f"{DTYPE_HELP} (default auto, as train's)")
     h.add_argument("--json", action="store_true", help="print one JSON line {n, acc, acc_norm} on stdout")
     h.set_defaults(func=cmd_hellaswag)
+
+    h = core.add_parser(evals)
+    add_model_args(h)
+    h.set_defaults(func=cmd_core)
 
     h = evals.add_parser(
         "loss", help="mean cross-entropy and perplexity over every window of a prepared split",
