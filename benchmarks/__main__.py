@@ -1,11 +1,11 @@
-"""`python -m benchmarks train|generate|prepare|gpu|serve ...`: gptscratch against its references."""
+"""`python -m benchmarks train|generate|prepare|gpu|serve|core ...`: gptscratch against its references."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from benchmarks import gpu, serve_bench, vs_tiktoken, vs_transformers
+from benchmarks import core, gpu, serve_bench, vs_tiktoken, vs_transformers
 from gptscratch.errors import UserError
 
 
@@ -17,6 +17,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     vs_tiktoken.add_parsers(sub)
     gpu.add_parsers(sub)
     serve_bench.add_parsers(sub)
+    core.add_parsers(sub)
     return parser
 
 
