@@ -2,7 +2,7 @@
 
 CORE (arXiv 2406.11794) is the mean, over 22 tasks, of each task's accuracy centred on its random baseline:
 (acc - 0.01 * baseline) / (1 - 0.01 * baseline), the baseline in percent from the bundle's
-`eval_meta_data.csv`. nanochat measures GPT-2 1.5B at 0.2565 with it. The protocol, as nanochat's
+`eval_meta_data.csv`. nanochat measures GPT-2 (1.5B) at 0.2565 with it. The protocol, as nanochat's
 `core_eval.py` and `scripts/base_eval.py` define it:
 
 - the data is nanochat's `eval_bundle.zip`: `core.yaml` lists the tasks (label, dataset_uri, num_fewshot,
@@ -27,9 +27,10 @@ Decisions where nanochat is silent or stops with an error:
   the context) has no loss, NaN, as nanochat gives the one that exactly fills it (nanochat stops with
   an assertion when it is longer); NaN never wins unless it is the first option, as with nanochat's
   `min`. A language_modeling example like that is wrong.
-- A language_modeling item whose prompt without the continuation does not tokenize to a prefix of the
-  prompt with it, a row of the wrong shape, a task asking for more demonstrations than the kept rows
-  hold: one-line errors naming the file (and line) before any scoring (nanochat raises mid-run).
+- A row of the wrong shape, or a task asking for more demonstrations than the kept rows hold, is a
+  one-line error naming the file (and line) before the model loads; a language_modeling item whose
+  prompt without the continuation does not tokenize to a prefix of the prompt with it, one naming its
+  line when it is reached (nanochat stops on each with an exception, mid-run).
 - Blank lines in a task file are skipped; only the real vocabulary's logits (`[:vocab_size]`) enter
   the softmax and the argmax, as everywhere in gptscratch.
 
@@ -37,7 +38,9 @@ Speed, the verdicts unchanged: a multiple_choice example's options share a long 
 demonstrations and the question), run once, its keys and values kept for every option to continue
 from, as a KV cache does; several examples share each forward pass, sorted by length and right-padded;
 the LM head runs only where a token is scored. nanochat runs every option's whole sequence, one example
-per forward pass, and the head everywhere.
+per forward pass, and the head everywhere. The sums are the same but not added in the same order, so two
+options whose mean losses differ by float32 rounding alone (or a greedy token tied with another) could be
+ordered differently than nanochat orders them (`python -m benchmarks core` counts the agreement).
 """
 
 from __future__ import annotations
@@ -612,10 +615,12 @@ def evaluate_task(model: torch.nn.Module, data: TaskData, device: torch.device |
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    distributed = world_size > 1
+    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(f"world_size={world_size} needs torch.distributed initialized, to sum the verdicts")
     t0 = time.perf_counter()
     n = len(data.rows)
     mine = list(range(rank, n, world_size))
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     correct = torch.zeros(n + 1)  # the last element counts the ranks that met bad input
     error = None
     try:
@@ -651,7 +656,9 @@ def evaluate_core(model: torch.nn.Module, tasks: list[TaskData], device: torch.d
     (the mean centered result), with `examples` and `seconds` per task. `log` receives a line per task.
 
     For training: read the bundle once (`load_core(max_per_task=500)`), then call this with the uncompiled
-    model and the run's rank, world size and autocast dtype; every rank gets the same result.
+    model and the run's rank, world size and autocast dtype; every rank gets the same result. The model's
+    modules are called directly (the options' pass continues a recorded prefix), so it must hold whole
+    weights: not FSDP's shards.
     """
     if not tasks:
         raise UserError("no CORE tasks to evaluate")
