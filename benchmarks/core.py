@@ -102,7 +102,7 @@ class PeerTokenizer:
 
 
 class PeerModel:
-    """Our model behind nanochat's model interface: logits over the real vocabulary, `max_seq_len` the context."""
+    """Our model behind nanochat's model interface: float32 logits of the tokenizer's ids, `max_seq_len` the context."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, amp: torch.dtype | None):
         self.model, self.device, self.amp = model, device, amp
@@ -110,10 +110,11 @@ class PeerModel:
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         from gptscratch.precision import autocast
+        from gptscratch.tokenizer import VOCAB_SIZE
 
         with autocast(self.device, self.amp):
             logits, _ = self.model(ids)
-        return logits[..., : self.model.config.vocab_size].float()
+        return logits[..., :VOCAB_SIZE].float()  # nanochat's models slice their padded head to the tokenizer's
 
 
 def import_nanochat(path: str):

@@ -492,13 +492,31 @@ def test_bad_flags_and_tasks_are_one_line(bundle, hf_pair, capsys):
     one_line_error(capsys, [*hf[:4], "--bundle", str(bundle / "nowhere")], "--bundle", "no such directory")
 
 
-def test_a_model_of_another_vocabulary_is_refused(bundle, tmp_path, capsys):
+def test_a_model_too_small_for_the_tokenizer_is_refused(bundle, tmp_path, capsys):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=BLOCK,
                                                               vocab_size=1000))
     hf.save_pretrained(tmp_path / "small_vocab")
     capsys.readouterr()
     one_line_error(capsys, ["eval", "core", "--hf", str(tmp_path / "small_vocab"), "--bundle", str(bundle),
-                            "--tasks", "mc_zero"], "vocabulary has 1,000 tokens", "GPT-2's BPE (50,257 tokens)")
+                            "--tasks", "mc_zero"], "50,257")
+    (data,) = load_core(bundle, ["mc_zero"], max_per_task=2)
+    with pytest.raises(UserError, match=r"vocabulary has 1,000 tokens; CORE is tokenized with GPT-2's BPE \(50,257"):
+        evaluate_task(GPT(GPTConfig(block_size=BLOCK, vocab_size=1000, n_layer=1, n_head=2, n_embd=32)), data, "cpu")
+
+
+def test_rows_past_the_tokenizers_ids_change_no_verdict(bundle, reference, ours):
+    """nanoGPT's 50,304-row vocabulary: the extra rows, given large logits here, stay out of the softmax."""
+    wide = GPT(GPTConfig(block_size=BLOCK, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)).eval()
+    state = ours.state_dict()
+    with torch.no_grad():
+        for name, p in wide.state_dict().items():
+            if p.shape == state[name].shape:
+                p.copy_(state[name])
+            else:  # the token table, tied to the head: GPT-2's rows, then rows that would win every argmax
+                p[:50257] = state[name]
+                p[50257:] = 5 * state[name][:47]
+    for data in load_core(bundle, ["mc_answer", "lm_zero"]):
+        assert predictions(wide, data, list(range(len(data.rows))), "cpu") == reference[data.task.label]
 
 
 def test_a_row_that_does_not_tokenize_apart_is_one_line(tmp_path, ours, capsys):

@@ -31,8 +31,9 @@ Decisions where nanochat is silent or stops with an error:
   one-line error naming the file (and line) before the model loads; a language_modeling item whose
   prompt without the continuation does not tokenize to a prefix of the prompt with it, one naming its
   line when it is reached (nanochat stops on each with an exception, mid-run).
-- Blank lines in a task file are skipped; only the real vocabulary's logits (`[:vocab_size]`) enter
-  the softmax and the argmax, as everywhere in gptscratch.
+- Blank lines in a task file are skipped. Only the logits of the tokenizer's 50,257 ids enter the softmax
+  and the argmax (nanochat slices its padded head the same way), so a model with more rows (nanoGPT's
+  50,304) is scored on the same ids.
 
 Speed, the verdicts unchanged: a multiple_choice example's options share a long token prefix (the
 demonstrations and the question), run once, its keys and values kept for every option to continue
@@ -69,7 +70,7 @@ from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, writing
 from gptscratch.paths import cache_dir
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 EVAL_BUNDLE_SHA256 = "90a7c19e28ee7a52b4f6e1f87658deb9fde7f63deba2379045bdb1fe9ea5d200"
@@ -408,11 +409,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_vocab(model: torch.nn.Module) -> None:
-    """CORE's text becomes GPT-2 BPE ids: a model with another vocabulary would read them as other tokens."""
-    vocab, n = _unwrap(model).config.vocab_size, get_encoding().n_vocab
-    if vocab != n:
+    """CORE's text becomes GPT-2 BPE ids: a model whose table cannot hold them all cannot read it."""
+    vocab = _unwrap(model).config.vocab_size
+    if vocab < VOCAB_SIZE:
         raise UserError(f"the model's vocabulary has {vocab:,} tokens; CORE is tokenized with GPT-2's BPE "
-                        f"({n:,} tokens), which this model was not trained on")
+                        f"({VOCAB_SIZE:,} tokens), which needs a model of at least as many")
 
 
 class _PrefixRecorder:
@@ -464,12 +465,12 @@ def _continue(model: torch.nn.Module, idx: torch.Tensor, cache: _AfterPrefix) ->
 
 
 def _logits(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """GPT.forward's head on some positions only: float32 logits over the real vocabulary."""
+    """GPT.forward's head on some positions only: float32 logits of the tokenizer's ids."""
     logits = model.lm_head(h)
     cap = model.config.logit_softcap
     if cap:
         logits = cap * torch.tanh(logits / cap)
-    return logits[..., : model.config.vocab_size].float()
+    return logits[..., :VOCAB_SIZE].float()
 
 
 def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
