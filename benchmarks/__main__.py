@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from benchmarks import (
+    core,
     fsdp_memory,
     gpu,
     gpu_ab,
@@ -27,6 +28,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="bench_command", metavar="NAME")
     vs_transformers.add_parsers(sub)  # train, generate
     vs_tiktoken.add_parsers(sub)  # prepare
+    core.add_parsers(sub)  # core
     serve_bench.add_parsers(sub)  # serve
     loader_speed.add_parsers(sub)  # loader
     fsdp_memory.add_parsers(sub)  # fsdp-memory

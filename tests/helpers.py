@@ -4,6 +4,7 @@ file imports helpers from here, never from another test file."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gptscratch import testing
 from gptscratch.cli import main
@@ -233,3 +235,25 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# --- CORE --------------------------------------------------------------------------------------------
+
+
+def write_bundle(root: Path, tasks, rows_of: dict[str, list[dict]]) -> Path:
+    """A CORE eval bundle as nanochat's unpacks: core.yaml, eval_meta_data.csv and a jsonl per task, where each
+    task is (label, icl_task_type, shots, continuation_delimiter or None, _, random baseline)."""
+    (root / "eval_data" / "tasks").mkdir(parents=True)
+    entries, meta = [], [("Eval Task", "Task Category", "Task Type", "#shots", "#datapoints", "Random baseline")]
+    for label, kind, shots, delimiter, _, baseline in tasks:
+        uri = f"tasks/{label}.jsonl"
+        (root / "eval_data" / uri).write_text("".join(json.dumps(r) + "\n" for r in rows_of[label]))
+        entry = {"label": label, "dataset_uri": uri, "num_fewshot": [shots], "icl_task_type": kind}
+        if delimiter is not None:
+            entry["continuation_delimiter"] = delimiter
+        entries.append(entry)
+        meta.append((label, "test", kind, shots, len(rows_of[label]), baseline))
+    (root / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": entries}))
+    with open(root / "eval_meta_data.csv", "w", newline="") as f:
+        csv.writer(f).writerows(meta)
+    return root

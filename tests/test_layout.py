@@ -67,7 +67,7 @@ LAYERS = {
     "the command": {"gptscratch.cli", "gptscratch.__main__"},
     "the steps": {"gptscratch.data.prepare", "gptscratch.train.command", "gptscratch.train.loop", "gptscratch.generate",
                   "gptscratch.serve", "gptscratch.serve.api", "gptscratch.serve.engine", "gptscratch.evaluate",
-                  "gptscratch.evaluate.hellaswag", "gptscratch.evaluate.loss",
+                  "gptscratch.evaluate.hellaswag", "gptscratch.evaluate.loss", "gptscratch.evaluate.core",
                   "gptscratch.plot"},
     "the pieces": {"gptscratch.model", "gptscratch.tokenizer", "gptscratch.data", "gptscratch.data.sources",
                    "gptscratch.data.shards", "gptscratch.data.loader", "gptscratch.train", "gptscratch.train.config",

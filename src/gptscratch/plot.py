@@ -11,6 +11,8 @@ from gptscratch.io import atomic_path
 # OpenAI's GPT-2 124M on FineWeb-Edu, as build-nanogpt measured it (play.ipynb, hellaswag.py).
 GPT2_124M_FINEWEB_EDU_VAL_LOSS = 3.2924
 GPT2_124M_HELLASWAG_ACC_NORM = 0.2955
+# CORE of OpenAI's GPT-2 124M, as nanochat measured it (dev/estimate_gpt3_core.ipynb).
+GPT2_124M_CORE = 0.1139
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -86,7 +88,9 @@ def plot_runs(run_dirs: list[Path], out: Path, x: str = "step") -> Path:
 
     runs = [(Path(r), read_metrics(Path(r))) for r in run_dirs]
     has_hs = any("hellaswag_acc_norm" in row for _, rows in runs for row in rows)
-    fig, axes = plt.subplots(1, 2 if has_hs else 1, figsize=(12 if has_hs else 7, 4.5), squeeze=False)
+    has_core = any("core" in row for _, rows in runs for row in rows)
+    panels = 1 + has_hs + has_core
+    fig, axes = plt.subplots(1, panels, figsize=(7 + 5 * (panels - 1), 4.5), squeeze=False)
     ax = axes[0][0]
     for run_dir, rows in runs:
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
@@ -109,6 +113,14 @@ def plot_runs(run_dirs: list[Path], out: Path, x: str = "step") -> Path:
                 ax.plot(*zip(*hs, strict=True), "o-", label=run_dir.name)
         ax.axhline(GPT2_124M_HELLASWAG_ACC_NORM, color="red", ls="--", label="OpenAI GPT-2 124M")
         _finish_panel(ax, "HellaSwag", "acc_norm")
+    if has_core:
+        ax = axes[0][-1]
+        for run_dir, rows in runs:
+            points = [(r["step"], r["core"]) for r in rows if "core" in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-", label=run_dir.name)
+        ax.axhline(GPT2_124M_CORE, color="red", ls="--", label="OpenAI GPT-2 124M")
+        _finish_panel(ax, "CORE", "centered accuracy, mean of the tasks")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +142,9 @@ def cmd_plot(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plot", help="plot loss and HellaSwag curves of one or more runs",
-                       description="Draw train/val loss (and HellaSwag) from each run's metrics.jsonl into one PNG.")
+    p = sub.add_parser("plot", help="plot loss, HellaSwag and CORE curves of one or more runs",
+                       description="Draw train/val loss (and HellaSwag, CORE) from each run's metrics.jsonl into one "
+                       "PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png of the first run)")
     p.add_argument("--x", choices=("step", "seconds"), default="step",

@@ -13,7 +13,7 @@ from gptscratch.cli import main
 from gptscratch.model import GPT, GPTConfig
 from gptscratch.train.config import resolve_config
 from gptscratch.train.optim import configure_optimizer
-from tests.helpers import TINY, read_metrics, train_losses, write_llmc_shard
+from tests.helpers import TINY, read_metrics, train_losses, write_bundle, write_llmc_shard
 
 
 def test_tiny_model_overfits_one_batch():
@@ -174,3 +174,28 @@ def test_modern_recipe_learns_and_resumes_exactly(shards, tmp_path, capsys):
     assert main(["train", *common[:-8], "--data", str(shards), "--out", str(tmp_path / "ref"), "--max-steps", "14",
                  "--resume", "--optimizer", "adamw"]) == 2
     assert "optimizer" in capsys.readouterr().err
+
+
+def test_core_interval_logs_the_core_metric_that_eval_core_gives_the_checkpoint(shards, tmp_path, capsys):
+    mc = [{"query": f"Question {i}: which word comes next?", "choices": ["alpha", "beta gamma", "delta"],
+           "gold": i % 3} for i in range(8)]
+    lm = [{"context": f"Count to {i} and then", "continuation": " stop"} for i in range(6)]
+    bundle = write_bundle(tmp_path / "bundle", [("mc", "multiple_choice", 1, " ", None, 33.3),
+                                                ("lm", "language_modeling", 0, " ", None, 0.0)], {"mc": mc, "lm": lm})
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(shards), "--out", str(out), "--max-steps", "6", "--core-interval", "3",
+                 "--core-bundle", str(bundle), "--core-max-per-task", "5", "--ckpt-interval", "6"]) == 0
+    logged = [(r["step"], r["core"]) for r in read_metrics(out) if "core" in r]
+    assert [s for s, _ in logged] == [3, 5]  # every 3 steps and before the last
+    capsys.readouterr()
+    assert main(["eval", "core", "--ckpt", str(out), "--bundle", str(bundle), "--max-per-task", "5", "--json",
+                 "--device", "cpu", "--dtype", "float32"]) == 0
+    # the last evaluation scores the final weights, which the last checkpoint holds
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["core_metric"] == pytest.approx(
+        logged[-1][1], abs=1e-9)
+
+
+def test_core_interval_under_fsdp_is_refused_in_one_line(capsys):
+    assert main(["train", *TINY, "--parallel", "fsdp", "--core-interval", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--core-interval with --parallel fsdp" in err and err.count("\n") == 1

@@ -1,4 +1,4 @@
-"""Evaluations: HellaSwag, loss and bits per byte on a prepared corpus; `gptscratch eval` for each."""
+"""Evaluations: HellaSwag, CORE, loss and bits per byte on a prepared corpus; `gptscratch eval` for each."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import sys
 from gptscratch.data.shards import find_shards
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
+from gptscratch.evaluate import core
 from gptscratch.evaluate.hellaswag import default_file, hellaswag_eval, load_examples
 from gptscratch.evaluate.loss import split_loss
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
+from gptscratch.train.distributed import init_distributed, on_master, shutdown
 
 
 def cmd_hellaswag(args: argparse.Namespace) -> int:
@@ -57,8 +59,19 @@ def cmd_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_core(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    core.check_args(args)
+    d, device = init_distributed(args.device)  # under torchrun each process scores its share of the examples
+    try:
+        on_master(d, lambda: core.bundle_path(args.bundle))  # one process downloads the bundle, if it must
+        return core.run(args, lambda: load_model_arg(args, device), device, d.rank, d.world_size)
+    finally:
+        shutdown(d)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: hellaswag, or loss on a prepared corpus",
+    p = sub.add_parser("eval", help="evaluate a model: hellaswag, core, or loss on a prepared corpus",
                        description="Evaluate a model on a benchmark.")
     evals = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
     h = evals.add_parser(
@@ -77,6 +90,10 @@ def register(sub) -> None:
     h.add_argument("--dtype", choices=DTYPES, default="auto", help=f"{DTYPE_HELP} (default auto, as train's)")
     h.add_argument("--json", action="store_true", help="print one JSON line {n, acc, acc_norm} on stdout")
     h.set_defaults(func=cmd_hellaswag)
+
+    h = core.add_parser(evals)
+    add_model_args(h)
+    h.set_defaults(func=cmd_core)
 
     h = evals.add_parser(
         "loss", help="mean cross-entropy and perplexity over every window of a prepared split",

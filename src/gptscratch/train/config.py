@@ -105,6 +105,10 @@ class TrainConfig:
     hellaswag_interval: int = setting(0, "HellaSwag accuracy every this many steps; 0: never", min=0)
     hellaswag_file: str = setting("", "a HellaSwag .jsonl; empty: download the official val set into the cache")
     hellaswag_limit: int = setting(0, "score only the first N HellaSwag examples; 0: every one", min=0)
+    core_interval: int = setting(0, "CORE (the DCLM paper's 22 in-context tasks, as nanochat scores them) every this "
+                                 "many steps; 0: never", min=0)
+    core_max_per_task: int = setting(500, "examples per CORE task in training (nanochat's 500)", min=1)
+    core_bundle: str = setting("", "an unpacked CORE eval bundle; empty: download nanochat's into the cache")
     sample_interval: int = setting(0, "print samples every this many steps; 0: only at the end", min=0)
     num_samples: int = setting(2, "samples printed each time; 0: none", min=0)
     sample_tokens: int = setting(64, "tokens per sample", min=1)
@@ -270,6 +274,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.parallel == "fsdp" and cfg.compile_mode in CUDAGRAPH_MODES:
         raise UserError(f"--compile-mode {cfg.compile_mode} captures CUDA graphs, which this trainer does not "
                         "combine with --parallel fsdp: use default or max-autotune-no-cudagraphs")
+    if cfg.core_interval and cfg.parallel == "fsdp":
+        raise UserError("--core-interval with --parallel fsdp: CORE's scorer reads whole weights, not shards; "
+                        "score a checkpoint with `gptscratch eval core` instead")
     if cfg.block_size and cfg.block_size < cfg.seq_len:
         raise UserError(f"--seq-len {cfg.seq_len} is longer than --block-size {cfg.block_size}")
 

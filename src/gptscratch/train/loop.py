@@ -27,6 +27,7 @@ from gptscratch.data.loader import TokenLoader
 from gptscratch.data.prepare import ensure_shakespeare
 from gptscratch.device import attention_backend
 from gptscratch.errors import UserError
+from gptscratch.evaluate import core
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
 from gptscratch.hf.pretrained import load_source
@@ -111,6 +112,7 @@ class Run:
     train_loader: TokenLoader
     val_loader: TokenLoader
     hellaswag: list[Example] | None
+    core: list[core.TaskData] | None  # CORE's tasks, read once (--core-interval)
     log: MetricsLog
     start: int  # the first step this process runs (the checkpoint's step when resuming)
     tokens_per_step: int
@@ -169,6 +171,17 @@ def load_hellaswag(cfg: TrainConfig) -> list[Example] | None:
     return load_examples(path, limit=cfg.hellaswag_limit or None)
 
 
+def load_core_tasks(cfg: TrainConfig, d: Dist) -> list[core.TaskData] | None:
+    if cfg.core_interval <= 0:
+        return None
+    bundle = cfg.core_bundle or None
+    on_master(d, lambda: core.bundle_path(bundle))  # one process downloads the bundle, if it must
+    try:
+        return core.load_core(core.bundle_path(bundle), max_per_task=cfg.core_max_per_task)
+    except UserError as e:
+        raise UserError(f"{e} (or train with --core-interval 0)") from None
+
+
 def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None) -> GPT:
     """The run's model: from --init-from or random weights, then the checkpoint's weights when resuming."""
     if cfg.init_from and saved is None:  # a resumed run reads its own weights, not the source's again
@@ -211,6 +224,7 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     hellaswag = load_hellaswag(cfg)
     if hellaswag is not None and cfg.parallel == "fsdp":
         hellaswag = fsdp.even_split(hellaswag, d.world_size)  # as many forward passes on every rank
+    core_tasks = load_core_tasks(cfg, d)
     train_loader, val_loader = open_data(cfg, d)
     raw_model = build_model(cfg, saved).to(device)
     if cfg.parallel == "fsdp":
@@ -237,7 +251,7 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     run = Run(
         cfg=cfg, d=d, device=device, amp=autocast_dtype(cfg.dtype, device), chunked=chunked_loss(cfg, device),
         accum=accum, run_dir=run_dir, model=model, raw_model=raw_model, optimizer=optimizer,
-        train_loader=train_loader, val_loader=val_loader, hellaswag=hellaswag,
+        train_loader=train_loader, val_loader=val_loader, hellaswag=hellaswag, core=core_tasks,
         log=MetricsLog(run_dir / "metrics.jsonl", d.master), start=start,
         tokens_per_step=cfg.batch_size * cfg.seq_len * accum * d.world_size,
         flops_per_token=flops_per_token(raw_model.config, cfg.seq_len, n_params), peak_flops=peak_flops(device),
@@ -292,7 +306,7 @@ def samples(run: Run) -> list[str]:
 
 
 def evaluate(run: Run, step: int, last_step: bool) -> float | None:
-    """The evaluations due before `step`: val loss (returned, None if not due), HellaSwag, samples."""
+    """The evaluations due before `step`: val loss (returned, None if not due), HellaSwag, CORE, samples."""
     cfg, val = run.cfg, None
     if cfg.eval_interval > 0 and (step % cfg.eval_interval == 0 or last_step):
         val, bpb = estimate_val_loss(run)
@@ -301,6 +315,10 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
         hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
                             amp=run.amp)
         run.log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
+    if run.core is not None and step > 0 and (step % cfg.core_interval == 0 or last_step):
+        result = core.evaluate_core(run.raw_model, run.core, run.device, rank=run.d.rank, world_size=run.d.world_size,
+                                    amp=run.amp)
+        run.log.write(step=step, core=result["core_metric"])
     if (run.d.master or run.sharded) and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
         texts = samples(run)  # under FSDP every rank takes part in each forward pass; rank 0 prints
         for text in texts if run.d.master else []:
