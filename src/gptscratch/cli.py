@@ -1,7 +1,7 @@
 """The `gptscratch` command: one parser, a subcommand for each step of the journey.
 
-`prepare`, `train` and `plot` are registered by the modules they drive; `sample`, `export` and `eval`, which
-load a model and call one library function, are here, with the `bench` shim. Data flows one way: this
+`prepare`, `train` and `plot` are registered by the modules they drive; `sample`, `chat`, `serve`, `export` and
+`eval`, which load a model and call the library, are here, with the `bench` shim. Data flows one way: this
 module imports the others, and nothing imports it. Every error a user can fix, argparse's included, ends
 as one line on stderr and exit code 2; so does an OSError of the environment (a full disk, no permission).
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gptscratch import plot
+from gptscratch import plot, repl
+from gptscratch.chat import check_chat_model, get_chat_encoding, is_chat_model
 from gptscratch.data import prepare
 from gptscratch.data.shards import find_shards
 from gptscratch.device import pick_device
@@ -100,8 +101,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model = load_model_arg(args, device)
     amp = autocast_dtype(args.dtype, device)
-    enc = get_encoding()
-    prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    # a chat model may sample chat tokens, shown by name; its prompt may hold them too
+    enc = get_chat_encoding() if is_chat_model(model.config) else get_encoding()
+    prompt = enc.encode(args.prompt, allowed_special=enc.special_tokens_set)
     if not prompt:
         raise UserError("--prompt encodes to no tokens; give some text (or '<|endoftext|>' to start fresh)")
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -128,6 +130,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
         out.write(decoder.decode(b"", final=True) + "\n")
         out.flush()
     return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    check_model_args(args)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.system is not None and not args.system.strip():
+        raise UserError("--system: the system message is empty; give some text or leave it out")
+    device = pick_device(args.device)
+    model = load_model_arg(args, device)
+    check_chat_model(model.config, f"--{'hf' if args.hf else 'ckpt'} {args.hf or args.ckpt}")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {model_name(args)} ({model.config.block_size}-token context); {repl.HELP}",
+              file=sys.stderr)
+    return repl.talk(model, sys.stdin, sys.stdout, system=args.system, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                     amp=autocast_dtype(args.dtype, device), interactive=interactive)
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -195,7 +216,8 @@ def cmd_loss(args: argparse.Namespace) -> int:
     model = load_model_arg(args, device)
     result = split_loss(model, args.data, args.split, args.seq_len, args.batch_size, device,
                         autocast_dtype(args.dtype, device), progress=not args.json)
-    summary = (f"loss {args.data} {args.split}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
+    which = " over the assistant's tokens" if result["chat"] else ""
+    summary = (f"loss {args.data} {args.split}{which}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
                f"{result['bpb']:.4f} bits per byte) over {result['windows']:,} windows of {result['seq_len']} tokens")
     if args.json:
         print(summary, file=sys.stderr)
@@ -221,6 +243,20 @@ def register_model_commands(sub) -> None:
                    help=f"{DTYPE_HELP}. Default float32: decoding a token at a time is bound by reading the "
                    "weights, which autocast would cast to bf16 again at every step")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("chat", help="talk to a chat model in the terminal, each reply streamed",
+                       description="A conversation with a chat model (trained with --preset sft): each line you type "
+                       "is the user's turn, and the reply streams until the model ends its turn. /new starts a new "
+                       "conversation; Ctrl-D (end of input) or /quit ends. Reads lines from a pipe too.")
+    add_model_args(p)
+    p.add_argument("--system", default=None, metavar="TEXT", help="a system message opening every conversation")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default 256)")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 for greedy decoding (default 0.6)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set of mass P")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help=f"{DTYPE_HELP} (default float32, as sample's)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("serve", help="serve a model: an OpenAI-compatible completions API and a playground page",
                        description="Serve a model over HTTP: POST /v1/completions (OpenAI's shape, streaming "
