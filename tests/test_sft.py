@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptscratch.chat import ASSISTANT_END, ASSISTANT_START, CHAT_VOCAB_SIZE, encode_conversation
+from gptscratch.chat import ASSISTANT_END, ASSISTANT_START, CHAT_VOCAB_SIZE, encode_conversation, render_prompt
 from gptscratch.cli import main
 from gptscratch.data import conversations
 from gptscratch.data.loader import RowPermutation, TokenLoader
@@ -24,7 +24,7 @@ from gptscratch.data.prepare import prepare
 from gptscratch.data.shards import is_chat_data
 from gptscratch.hf.pretrained import load_source
 from gptscratch.model import GPT
-from gptscratch.repl import reply
+from gptscratch.repl import fit, reply
 from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
 from gptscratch.train.config import config_from_dict, resolve_config
@@ -380,3 +380,14 @@ def test_a_config_saved_before_chat_existed_is_a_base_models():
     cfg = config_from_dict(saved)
     assert cfg.chat is False and cfg.model_config().vocab_size == VOCAB_SIZE
     assert resolve_config("sft").model_config().vocab_size == CHAT_VOCAB_SIZE
+
+
+def test_a_long_conversation_gives_way_from_its_oldest_exchange_keeping_the_system_message():
+    system = {"role": "system", "content": "be brief"}
+    exchanges = [[user(f"question {i} " + "word " * 10), assistant(f"answer {i}")] for i in range(5)]
+    messages = [system, *[m for pair in exchanges for m in pair], user("last question")]
+    whole = len(render_prompt(messages))
+    assert fit(messages, whole + 8, 8) == messages
+    kept = fit(messages, whole, 8)  # 8 tokens short: the first exchange goes, the system message stays
+    assert kept == [system, *messages[3:]] and len(render_prompt(kept)) + 8 <= whole
+    assert fit([system, user("word " * 100)], 64, 8) is None  # the last message alone does not fit
