@@ -257,3 +257,14 @@ def write_bundle(root: Path, tasks, rows_of: dict[str, list[dict]]) -> Path:
     with open(root / "eval_meta_data.csv", "w", newline="") as f:
         csv.writer(f).writerows(meta)
     return root
+
+
+# --- conversations -------------------------------------------------------------------------------
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}

@@ -68,13 +68,14 @@ LAYERS = {
     "the steps": {"gptscratch.data.prepare", "gptscratch.train.command", "gptscratch.train.loop", "gptscratch.generate",
                   "gptscratch.serve", "gptscratch.serve.api", "gptscratch.serve.engine", "gptscratch.evaluate",
                   "gptscratch.evaluate.hellaswag", "gptscratch.evaluate.loss", "gptscratch.evaluate.core",
-                  "gptscratch.plot"},
+                  "gptscratch.plot", "gptscratch.repl"},
     "the pieces": {"gptscratch.model", "gptscratch.tokenizer", "gptscratch.data", "gptscratch.data.sources",
                    "gptscratch.data.shards", "gptscratch.data.loader", "gptscratch.train", "gptscratch.train.config",
                    "gptscratch.train.optim", "gptscratch.train.checkpoint", "gptscratch.train.rundir",
                    "gptscratch.train.fsdp", "gptscratch.train.distributed", "gptscratch.hf", "gptscratch.hf.gpt2",
                    "gptscratch.hf.modern", "gptscratch.hf.tokenizer", "gptscratch.hf.pretrained",
-                   "gptscratch.mfu", "gptscratch"},  # the package's __init__ hands out GPT and GPTConfig
+                   "gptscratch.mfu", "gptscratch.chat", "gptscratch.data.conversations",
+                   "gptscratch"},  # the package's __init__ hands out GPT and GPTConfig
     "the ground": {"gptscratch.errors", "gptscratch.io", "gptscratch.paths", "gptscratch.testing",
                    "gptscratch.precision", "gptscratch.device"},
 }

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from gptscratch.chat import get_chat_encoding, is_chat_model
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
@@ -145,8 +146,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model = load_model_arg(args, device)
     amp = autocast_dtype(args.dtype, device)
-    enc = get_encoding()
-    prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    # a chat model may sample chat tokens, shown by name; its prompt may hold them too
+    enc = get_chat_encoding() if is_chat_model(model.config) else get_encoding()
+    prompt = enc.encode(args.prompt, allowed_special=enc.special_tokens_set)
     if not prompt:
         raise UserError("--prompt encodes to no tokens; give some text (or '<|endoftext|>' to start fresh)")
     gen = torch.Generator(device=device).manual_seed(args.seed)

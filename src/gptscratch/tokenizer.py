@@ -80,12 +80,14 @@ def check_model_vocab(vocab_size: int, where: str) -> None:
                         f"gptscratch encodes text with; expected a model of at least {VOCAB_SIZE} tokens")
 
 
-@functools.lru_cache(maxsize=1)
-def token_bytes() -> np.ndarray:
-    """The UTF-8 bytes each token id stands for (int64, one per id); 0 for `<|endoftext|>`, which marks a
-    document's end and is no text. Bits per byte weighs losses by these, as nanochat's `val_bpb` does."""
+@functools.lru_cache(maxsize=2)
+def token_bytes(vocab_size: int = VOCAB_SIZE) -> np.ndarray:
+    """The UTF-8 bytes each of `vocab_size` token ids stands for (int64, one per id); 0 for `<|endoftext|>`, which
+    marks a document's end and is no text, and for any id past GPT-2's (the chat tokens: no text either). Bits per
+    byte weighs losses by these, as nanochat's `val_bpb` does."""
     enc = get_encoding()
-    sizes = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
+    sizes = np.zeros(max(vocab_size, enc.n_vocab), dtype=np.int64)
+    sizes[:enc.n_vocab] = [len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
     for special in enc.special_tokens_set:
         sizes[enc.encode_single_token(special)] = 0
     return sizes

@@ -2,6 +2,13 @@
 
 Token i of the split's stream is the id i (the streams stay below the vocab size), so a batch says
 exactly which stream positions it read: coverage and overlap are plain set arithmetic.
+
+Chat data and SFT: `prepare --chat`, the loader's targets on packed conversations, training on the assistant's
+tokens only, `eval loss` on conversations, `gptscratch chat`, and the effect: after SFT, greedy replies follow a
+rule the model could not have guessed, which the same model before SFT does not.
+
+References are independent of the code under test: token streams are read back with numpy at llm.c's offsets,
+which tokens the assistant wrote comes from a state machine written here, and losses from plain cross-entropy.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+from gptscratch.chat import ASSISTANT_END, ASSISTANT_START
 from gptscratch.data.loader import RowPermutation, TokenLoader
 from gptscratch.data.prepare import prepare
 from gptscratch.errors import UserError
-from tests.helpers import write_llmc_shard
+from gptscratch.tokenizer import EOT_TOKEN
+from tests.helpers import assistant, user, write_llmc_shard
 
 SIZES = [1000, 37, 0, 2011, 500, 1]  # windows straddle shards; one shard is shorter than a window
 
@@ -287,3 +296,73 @@ def test_manifest_paths_outside_the_data_directory_are_refused(tmp_path, name):
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="not a plain file name"):
         TokenLoader(d, "train", 2, 10)
+
+
+def varied_conversations(n: int) -> list[list[dict]]:
+    """Multi-turn, some with a system message; every message numbered, so no two are alike."""
+    out = []
+    for i in range(n):
+        turns = [user(f"question {i}.{t}: " + "word " * (i % 7)) if t % 2 == 0 else assistant(f"answer {i}.{t} ok")
+                 for t in range(2 * (1 + i % 3))]
+        out.append(([{"role": "system", "content": f"system {i}"}] if i % 4 == 0 else []) + turns)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps({"messages": r})) + "\n" for r in rows))
+    return path
+
+
+def read_stream(data: Path, split: str | None = None) -> np.ndarray:
+    manifest = json.loads((data / "manifest.json").read_text())
+    return np.concatenate([np.fromfile(data / s["file"], dtype="<u2", offset=1024) for s in manifest["shards"]
+                           if split is None or s["split"] == split]).astype(np.int64)
+
+
+def hand_mask(ids: np.ndarray) -> np.ndarray:
+    """Which ids the assistant wrote: those from just after <|assistant_start|> through <|assistant_end|>."""
+    out, inside = [], False
+    for t in ids.tolist():
+        if t == ASSISTANT_START:
+            out.append(False)
+            inside = True
+        elif t == ASSISTANT_END:
+            out.append(inside)
+            inside = False
+        else:
+            inside = inside and t < EOT_TOKEN
+            out.append(inside)
+    return np.array(out)
+
+
+@pytest.fixture
+def varied(tmp_path):
+    prepare(str(write_jsonl(tmp_path / "c.jsonl", varied_conversations(60))), tmp_path / "d", chat=True,
+            shard_tokens=700, val_tokens=300, workers=1, progress=False)
+    return tmp_path / "d"
+
+
+def test_the_loader_keeps_exactly_the_assistants_targets_of_packed_rows(varied):
+    stream = read_stream(varied, "train")
+    mask = hand_mask(stream)  # the split may start inside a turn: its tokens before the first mark count as no one's
+    B, T = 4, 24
+    loader = TokenLoader(varied, "train", B, T, seed=5, shuffle="rows")
+    order = RowPermutation(loader.rows_per_epoch, 5, 0)(np.arange(loader.rows_per_epoch))
+    packed = 0
+    for b in range(loader.steps_per_epoch):
+        x, y = loader.next_batch()
+        for r, row in enumerate(order[b * B:(b + 1) * B]):
+            s = row * T
+            assert (x[r].numpy() == stream[s:s + T]).all()
+            assert (y[r].numpy() == np.where(mask[s + 1:s + T + 1], stream[s + 1:s + T + 1], -1)).all()
+            packed += int((x[r] == EOT_TOKEN).sum()) >= 2
+    assert packed > 0  # rows hold several conversations
+    # `none` reads the same stream in order, batch after batch
+    loader = TokenLoader(varied, "train", B, T, shuffle="none")
+    for b in range(3):
+        x, y = loader.next_batch()
+        s = b * B * T
+        assert (x.flatten().numpy() == stream[s:s + B * T]).all()
+        assert (y.flatten().numpy() == np.where(mask[s + 1:s + B * T + 1], stream[s + 1:s + B * T + 1], -1)).all()
+    with pytest.raises(Exception, match="chat data is read with --shuffle rows"):
+        TokenLoader(varied, "train", B, T, shuffle="shards")

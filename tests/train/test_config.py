@@ -1,5 +1,12 @@
 """train/config.py: the flags, presets and --arch, every number's range (NaN and inf included) and every
 field's type.
+
+Chat data and SFT: `prepare --chat`, the loader's targets on packed conversations, training on the assistant's
+tokens only, `eval loss` on conversations, `gptscratch chat`, and the effect: after SFT, greedy replies follow a
+rule the model could not have guessed, which the same model before SFT does not.
+
+References are independent of the code under test: token streams are read back with numpy at llm.c's offsets,
+which tokens the assistant wrote comes from a state machine written here, and losses from plain cross-entropy.
 """
 
 import dataclasses
@@ -8,8 +15,10 @@ import typing
 
 import pytest
 
+from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.cli import build_parser, main, parse_args
 from gptscratch.errors import UserError
+from gptscratch.tokenizer import VOCAB_SIZE
 from gptscratch.train.config import ARCHS, TrainConfig, config_from_dict, given_settings, resolve_config
 from tests.helpers import TINY
 
@@ -158,3 +167,14 @@ def test_arch_sets_the_options_and_single_flags_override_them():
         resolve_config("demo", {"arch": "llama"})
     with pytest.raises(UserError, match="--optimizer 'sgd'"):
         resolve_config("demo", {"optimizer": "sgd"})
+
+
+
+
+
+
+def test_a_config_saved_before_chat_existed_is_a_base_models():
+    saved = {k: v for k, v in vars(resolve_config("tiny")).items() if k != "chat"}
+    cfg = config_from_dict(saved)
+    assert cfg.chat is False and cfg.model_config().vocab_size == VOCAB_SIZE
+    assert resolve_config("sft").model_config().vocab_size == CHAT_VOCAB_SIZE

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing
@@ -35,7 +36,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gptscratch import testing
+from gptscratch.chat import CHAT_VOCAB_SIZE
+from gptscratch.data import conversations
 from gptscratch.data import shards as fmt
 from gptscratch.data.sources import ERROR_MODES, Source, describe_change, open_source, peek
 from gptscratch.errors import UserError
@@ -67,7 +70,7 @@ class PrepareOptions:
     val_tokens: int | None = None  # default: see the module docstring
     seed: int | None = None  # shuffle document order with this seed
     workers: int | None = None  # tokenizer processes; default all cores
-    text_field: str = "text"
+    text_field: str | None = None  # default: text, or messages with --chat
     split_docs_on: str | None = None  # .txt only: separator between documents
     errors: str = "strict"  # undecodable bytes: strict, replace or ignore
     subset: str = "sample-10BT"  # fineweb-edu config
@@ -75,6 +78,8 @@ class PrepareOptions:
     progress: bool = True
     command: str | None = None  # recorded in the manifest
     overwrite: bool = False  # replace an earlier prepare in the directory, finished or not
+    chat: bool = False  # conversations (data/conversations.py), not text
+    skip_bad: bool = False  # --chat: leave out bad conversations (counted) instead of stopping
 
 
 def default_workers() -> int:
@@ -111,14 +116,18 @@ def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _encoded(documents: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """encode_batch over the batched documents, in order, on `workers` processes (1: in-process)."""
+Encode = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+
+
+def _encoded(documents: Iterable[str], workers: int, encode: Encode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`encode` (encode_batch, or the chat one) over the batched documents, in order, on `workers` processes
+    (1: in-process)."""
     if workers == 1:
-        yield from map(encode_batch, _batches(documents))
+        yield from map(encode, _batches(documents))
         return
     get_encoding()  # build it once here so forked workers inherit it
     with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(encode_batch, _batches(documents), chunksize=1)
+        yield from pool.imap(encode, _batches(documents), chunksize=1)
 
 
 # --- writing shards ----------------------------------------------------------------------------
@@ -367,8 +376,17 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
                         "measure val loss)")
     if opts.workers is not None and opts.workers < 1:
         raise UserError(f"--workers {opts.workers}: expected at least 1")
-    src = open_source(source, text_field=opts.text_field, split_docs_on=opts.split_docs_on, errors=opts.errors,
-                      subset=opts.subset, streaming=opts.streaming, seed=opts.seed)
+    if opts.skip_bad and not opts.chat:
+        raise UserError("--skip-bad: only with --chat (it leaves out bad conversations)")
+    text_field = opts.text_field or (conversations.DEFAULT_FIELD if opts.chat else "text")
+    encode: Encode = encode_batch
+    if opts.chat:
+        src = conversations.open_conversations(source, field=text_field, errors=opts.errors,
+                                               streaming=opts.streaming, seed=opts.seed)
+        encode = functools.partial(conversations.encode_conversations, field=text_field, skip_bad=opts.skip_bad)
+    else:
+        src = open_source(source, text_field=text_field, split_docs_on=opts.split_docs_on, errors=opts.errors,
+                          subset=opts.subset, streaming=opts.streaming, seed=opts.seed)
     shard_tokens = opts.shard_tokens or src.default_shard_tokens or DEFAULT_SHARD_TOKENS
     val_tokens = opts.val_tokens
     if val_tokens is None and src.val_is_first_shard:
@@ -377,9 +395,11 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     name = fmt.safe_name(opts.name) if opts.name else src.name
     # everything that changes the bytes of the shards; a resumed run must match it exactly
     settings = {"source": source, "name": name, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
-                "seed": opts.seed, "text_field": opts.text_field, "split_docs_on": opts.split_docs_on,
+                "seed": opts.seed, "text_field": text_field, "split_docs_on": opts.split_docs_on,
                 "errors": opts.errors, "subset": opts.subset if source == "fineweb-edu" else None,
                 "streaming": opts.streaming, "vocab_bpe_sha256": VOCAB_BPE_SHA256}
+    if opts.chat:  # only then: a text corpus prepared before --chat existed keeps its settings
+        settings.update(chat=True, skip_bad=opts.skip_bad)
     command = opts.command or f"prepare({source!r}, {str(out_dir)!r}, **{_given(opts)!r})"
 
     out = Path(out_dir)
@@ -405,7 +425,9 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
             first, documents = peek(documents)
             if first is None:
                 raise UserError(f"{source}: no documents (all are empty or whitespace)")
-        _run(writer, documents, workers, src, opts.progress)
+        _run(writer, documents, workers, src, opts.progress, encode)
+        if opts.chat and not writer.written + writer.fill + writer.lookahead_tokens:
+            raise UserError(f"{source}: no valid conversations ({writer.docs_seen} bad rows skipped)")
         writer.finish(source)
         change = describe_change(fingerprint, src.fingerprint())
         if change is not None:  # the shards stay, and so does the state that refuses to resume over them
@@ -413,18 +435,22 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
                             "prepare it again")
 
     manifest = _manifest(src, settings, state, command, writer.docs_seen)
+    if opts.chat:
+        manifest["chat"] = conversations.chat_manifest(writer.docs_seen, manifest["documents"])
+        manifest["tokenizer"] = {**manifest["tokenizer"], "name": "gpt2-chat", "vocab_size": CHAT_VOCAB_SIZE}
     write_json(out / fmt.MANIFEST, manifest, indent=1)
     (out / STATE_FILE).unlink()
     return manifest
 
 
-def _run(writer: ShardWriter, documents: Iterable[str], workers: int, src: Source, progress: bool) -> None:
+def _run(writer: ShardWriter, documents: Iterable[str], workers: int, src: Source, progress: bool,
+         encode: Encode = encode_batch) -> None:
     skip = writer.next_skip  # tokens of the first document already in finished shards
     docs = sum(s["documents"] for s in writer.shards)
     bar = tqdm(total=src.approx_tokens, initial=writer.written, unit="tok", unit_scale=True, smoothing=0.1,
                desc=f"prepare {writer.name}", disable=not progress, dynamic_ncols=True)
     last_postfix = 0.0
-    encoded = _encoded(documents, workers)
+    encoded = _encoded(documents, workers, encode)
     with bar, contextlib.closing(encoded):  # on any error, stop the worker pool now
         for tokens, lengths in encoded:
             if skip:
@@ -512,16 +538,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             parts += ["--" + flag.replace("_", "-"), str(value)]
     if args.streaming:
         parts.append("--streaming")
+    parts += [flag for flag, on in (("--chat", args.chat), ("--skip-bad", args.skip_bad)) if on]
     manifest = prepare(
         args.source, args.out, name=args.name, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens,
         seed=args.seed, workers=args.workers, text_field=args.text_field,
         split_docs_on=_unescape(args.split_docs_on) if args.split_docs_on is not None else None,
         errors=args.errors, subset=args.subset, streaming=args.streaming, progress=not args.quiet,
-        command=shlex.join(parts), overwrite=args.overwrite,
+        command=shlex.join(parts), overwrite=args.overwrite, chat=args.chat, skip_bad=args.skip_bad,
     )
     val, train = manifest["splits"]["val"], manifest["splits"]["train"]
+    documents = f"{manifest['documents']:,} documents"
+    if "chat" in manifest:
+        documents = f"{manifest['documents']:,} conversations ({manifest['chat']['skipped']:,} bad rows skipped)"
     print(f"{args.out}: train {train['tokens']:,} tokens in {train['shards']} shard(s), "
-          f"val {val['tokens']:,} tokens in {val['shards']} shard(s), {manifest['documents']:,} documents")
+          f"val {val['tokens']:,} tokens in {val['shards']} shard(s), {documents}")
     return 0
 
 
@@ -543,7 +573,8 @@ def register(sub) -> None:
                    help="tokens of val (default: 10%% of all, at most one shard; fineweb-edu: one shard)")
     p.add_argument("--seed", type=int, help="shuffle document order with this seed (default: keep order)")
     p.add_argument("--workers", type=int, metavar="N", help=f"tokenizer processes (default: all {default_workers()})")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text (default text)")
+    p.add_argument("--text-field", metavar="NAME",
+                   help="field holding the text (default text), or the conversation with --chat (default messages)")
     p.add_argument("--split-docs-on", metavar="SEP",
                    help="for .txt files: split documents on SEP (\\n escapes understood; default one per file)")
     p.add_argument("--errors", default="strict", choices=ERROR_MODES,
@@ -552,5 +583,11 @@ def register(sub) -> None:
     p.add_argument("--streaming", action="store_true", help="stream hub datasets instead of downloading them")
     p.add_argument("--overwrite", action="store_true", help="prepare again from the start, replacing an earlier "
                    "prepare in --out (finished or not, its source changed or not): its manifest and shards only")
+    p.add_argument("--chat", action="store_true",
+                   help="SOURCE holds conversations, OpenAI messages lists ({\"messages\": [{\"role\": \"user\", "
+                        "\"content\": ...}, ...]} per .jsonl line, or a messages column of .parquet files or an hf: "
+                        "dataset): shards of the chat format, to train with --preset sft")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="with --chat: leave out bad conversations and count them, instead of stopping at the first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)

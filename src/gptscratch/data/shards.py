@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_path, file_sha256
 from gptscratch.tokenizer import VOCAB_SIZE
@@ -56,8 +57,8 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or len(tokens) > MAX_SHARD_TOKENS:
         raise ValueError(f"a shard holds a 1-D array of at most {MAX_SHARD_TOKENS} tokens")
-    if len(tokens) and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
-        raise ValueError(f"token ids must lie in [0, {VOCAB_SIZE})")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= CHAT_VOCAB_SIZE):
+        raise ValueError(f"token ids must lie in [0, {CHAT_VOCAB_SIZE}): GPT-2's and the chat tokens")
     header = np.zeros(HEADER_INTS, dtype=HEADER_DTYPE)
     header[0], header[1], header[2] = MAGIC, VERSION, len(tokens)
     body = tokens.astype(TOKEN_DTYPE, copy=False).tobytes()
@@ -93,8 +94,10 @@ def read_header(path: str | os.PathLike) -> int:
     return count
 
 
-def open_shard(path: str | os.PathLike, check_vocab: bool = True, sha256: str | None = None) -> np.memmap:
-    """The shard's tokens as a read-only uint16 memmap (header validated, ids checked < vocab size).
+def open_shard(path: str | os.PathLike, check_vocab: bool = True, sha256: str | None = None,
+               vocab_size: int = VOCAB_SIZE) -> np.memmap:
+    """The shard's tokens as a read-only uint16 memmap (header validated, ids checked < `vocab_size`: GPT-2's,
+    or the chat vocabulary for chat data).
 
     The id check is one pass over the file per open: cheap next to training on it, and it turns
     a shard from another tokenizer into a clear error instead of an index error deep in the model.
@@ -110,8 +113,9 @@ def open_shard(path: str | os.PathLike, check_vocab: bool = True, sha256: str | 
     tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
     if check_vocab:
         top = int(tokens.max())
-        if top >= VOCAB_SIZE:
-            raise UserError(f"{path}: token id {top} is not below GPT-2's vocab size {VOCAB_SIZE}")
+        if top >= vocab_size:
+            whose = "GPT-2's" if vocab_size == VOCAB_SIZE else "the chat"
+            raise UserError(f"{path}: token id {top} is not below {whose} vocab size {vocab_size}")
     return tokens
 
 
@@ -130,14 +134,12 @@ def find_shards(data_dir: str | os.PathLike, split: str) -> list[ShardInfo]:
     name, which is how llm.c's and modded-nanogpt's shard directories are laid out.
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: no such data directory; run `gptscratch prepare SOURCE --out {data_dir}`")
     manifest_path = data_dir / MANIFEST
-    if manifest_path.exists():
+    manifest = read_manifest(data_dir)
+    if manifest is not None:
         try:
-            manifest = json.loads(manifest_path.read_text())
             entries = [s for s in manifest["shards"] if s["split"] == split]
-        except (ValueError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise UserError(f"{manifest_path}: not a gptscratch manifest ({e})") from e
         shards = []
         for entry in entries:
@@ -155,6 +157,30 @@ def find_shards(data_dir: str | os.PathLike, split: str) -> list[ShardInfo]:
     if not shards:
         raise UserError(f"{data_dir}: no {split} shards (expected files named *_{split}_NNNNNN.bin or a manifest.json)")
     return shards
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict | None:
+    """`data_dir`'s manifest.json, parsed; None when it has none (llm.c's and modded-nanogpt's directories)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such data directory; run `gptscratch prepare SOURCE --out {data_dir}`")
+    path = data_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a gptscratch manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a gptscratch manifest (not a JSON object)")
+    return manifest
+
+
+def is_chat_data(data_dir: str | os.PathLike) -> bool:
+    """Whether `data_dir` holds conversations (`prepare --chat`), as its manifest says; their ids reach
+    CHAT_VOCAB_SIZE, and which of them the assistant writes follows from the ids (`chat.assistant_mask`)."""
+    manifest = read_manifest(data_dir)
+    return manifest is not None and "chat" in manifest
 
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9.-]+")

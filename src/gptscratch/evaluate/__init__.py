@@ -49,7 +49,8 @@ def cmd_loss(args: argparse.Namespace) -> int:
     model = load_model_arg(args, device)
     result = split_loss(model, args.data, args.split, args.seq_len, args.batch_size, device,
                         autocast_dtype(args.dtype, device), progress=not args.json)
-    summary = (f"loss {args.data} {args.split}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
+    which = " over the assistant's tokens" if result["chat"] else ""
+    summary = (f"loss {args.data} {args.split}{which}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
                f"{result['bpb']:.4f} bits per byte) over {result['windows']:,} windows of {result['seq_len']} tokens")
     if args.json:
         print(summary, file=sys.stderr)

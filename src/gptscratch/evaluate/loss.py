@@ -8,6 +8,9 @@ sampling and HellaSwag, so a padded and an unpadded copy of the same weights sco
 Bits per byte, the number that compares models whose tokenizers differ: the summed loss in nats over the
 target tokens, divided by ln 2 and by the UTF-8 bytes those tokens decode to. `<|endoftext|>` stands for no
 text and is left out of both sums (nanochat's `val_bpb` does the same).
+
+On chat data (`prepare --chat`) both are over the tokens the assistant writes (`chat.assistant_mask`), the
+number SFT lowers; the model must be a chat model, whose vocabulary holds the chat tokens.
 """
 
 from __future__ import annotations
@@ -20,54 +23,75 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptscratch.data.shards import find_shards, open_shard
+from gptscratch.chat import CHAT_VOCAB_SIZE, assistant_mask, is_chat_model
+from gptscratch.data.shards import find_shards, is_chat_data, open_shard
 from gptscratch.errors import UserError
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import token_bytes
+from gptscratch.tokenizer import VOCAB_SIZE, token_bytes
 
 
-def split_windows(data_dir: str | Path, split: str, seq_len: int) -> torch.Tensor:
-    """Every (seq_len + 1)-token window of the split at stride seq_len, as an int64 (windows, seq_len + 1)."""
-    stream = np.concatenate([np.asarray(open_shard(s.path, sha256=s.sha256)) for s in find_shards(data_dir, split)])
+def split_windows(data_dir: str | Path, split: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of every (seq_len + 1)-token window of the split at stride seq_len, each int64
+    (windows, seq_len); on chat data a target the assistant did not write is -1."""
+    chat = is_chat_data(data_dir)
+    vocab = CHAT_VOCAB_SIZE if chat else VOCAB_SIZE
+    stream = np.concatenate([np.asarray(open_shard(s.path, sha256=s.sha256, vocab_size=vocab))
+                             for s in find_shards(data_dir, split)])
     n = (len(stream) - 1) // seq_len
     if n < 1:
         raise UserError(f"{data_dir}: {split} split has {len(stream)} tokens, fewer than one window of "
                         f"--seq-len {seq_len} + 1")
-    view = np.lib.stride_tricks.sliding_window_view(stream, seq_len + 1)[::seq_len][:n]
-    return torch.from_numpy(view.astype(np.int64))
+
+    def windows(a: np.ndarray) -> torch.Tensor:
+        view = np.lib.stride_tricks.sliding_window_view(a, seq_len + 1)[::seq_len][:n]
+        return torch.from_numpy(view.astype(np.int64))
+
+    rows = windows(stream)
+    targets = windows(np.where(assistant_mask(stream), stream.astype(np.int64), -1))[:, 1:] if chat else rows[:, 1:]
+    return rows[:, :-1], targets
 
 
 @torch.no_grad()
 def split_loss(model: GPT, data_dir: str | Path, split: str = "val", seq_len: int | None = None,
                batch_size: int = 8, device: torch.device | str = "cpu", amp: torch.dtype | None = None,
                progress: bool = False) -> dict:
-    """{loss, perplexity, bpb, tokens, bytes, windows, split, seq_len} of `model` over every window of the split."""
+    """{loss, perplexity, bpb, tokens, bytes, windows, split, seq_len, chat} of `model` over every window of the
+    split; `tokens` counts the targets scored (on chat data, the assistant's)."""
     seq_len = seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context of {model.config.block_size} tokens")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    windows = split_windows(data_dir, split, seq_len)
+    chat = is_chat_data(data_dir)
+    if chat and not is_chat_model(model.config):  # its logits have no column for a chat token to score
+        raise UserError(f"--data {data_dir}: holds conversations, which only a chat model scores (this model's "
+                        f"vocabulary is {model.config.vocab_size} tokens, without the chat tokens)")
+    inputs, targets_all = split_windows(data_dir, split, seq_len)
     was_training = model.training
     model.eval()
     total, count, text_nats, text_bytes = 0.0, 0, 0.0, 0
     V = model.config.vocab_size
-    sizes = torch.from_numpy(token_bytes()).to(device)
+    sizes = torch.from_numpy(token_bytes(V)).to(device)
     try:
-        for i in tqdm(range(0, len(windows), batch_size), desc=f"loss {split}", unit="batch", disable=not progress):
-            rows = windows[i:i + batch_size].to(device)
+        for i in tqdm(range(0, len(inputs), batch_size), desc=f"loss {split}", unit="batch", disable=not progress):
+            rows = inputs[i:i + batch_size].to(device)
             with autocast(torch.device(device), amp):
-                logits, _ = model(rows[:, :-1])
-            targets = rows[:, 1:].flatten()
-            losses = F.cross_entropy(logits[..., :V].float().flatten(0, 1), targets, reduction="none")
+                logits, _ = model(rows)
+            targets = targets_all[i:i + batch_size].to(device).flatten()
+            losses = F.cross_entropy(logits[..., :V].float().flatten(0, 1), targets, reduction="none",
+                                     ignore_index=-1)
             total += losses.sum().item()
-            count += targets.numel()
-            nbytes = sizes[targets]
+            kept = targets >= 0
+            count += int(kept.sum())
+            nbytes = torch.where(kept, sizes[targets.clamp(min=0)], 0)
             text_nats += losses[nbytes > 0].sum().item()
             text_bytes += int(nbytes.sum())
     finally:
         model.train(was_training)
+    if count == 0:
+        raise UserError(f"{data_dir}: the {split} split's windows hold no assistant tokens to score")
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss), "bpb": text_nats / math.log(2) / max(text_bytes, 1),
-            "tokens": count, "bytes": text_bytes, "windows": len(windows), "split": split, "seq_len": seq_len}
+            "tokens": count, "bytes": text_bytes, "windows": len(inputs), "split": split, "seq_len": seq_len,
+            "chat": chat}

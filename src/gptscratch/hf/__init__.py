@@ -133,7 +133,7 @@ def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -
             out.parent.mkdir(parents=True)
     with atomic_dir(out) as tmp:
         write(model, tmp)
-        write_tokenizer(tmp, model.config.block_size)
+        write_tokenizer(tmp, model.config)
     return Path(directory)
 
 

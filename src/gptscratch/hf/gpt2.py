@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from gptscratch.errors import UserError
+from gptscratch.hf.tokenizer import eos_token_id
 from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, GPTConfig
 
@@ -84,7 +85,7 @@ def config_to_hf(config: GPTConfig) -> dict:
         "scale_attn_weights": True,
         "use_cache": True,
         "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "eos_token_id": eos_token_id(config),
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }

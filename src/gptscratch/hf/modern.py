@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from gptscratch.errors import UserError
+from gptscratch.hf.tokenizer import eos_token_id
 from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, RMS_EPS, GPTConfig
 
@@ -63,7 +64,7 @@ def config_to_hf(config: GPTConfig, model_type: str) -> dict:
         "mlp_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "eos_token_id": eos_token_id(config),
         "torch_dtype": "float32",
         "use_cache": True,
     }

@@ -113,8 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     val = f", val loss {result['val_loss']:.4f}" if result["val_loss"] is not None else ""
     prompt = cfg.sample_prompt.strip().splitlines()[0] if cfg.sample_prompt.strip() else ""
     prompt = f" --prompt {shlex.quote(prompt)}" if prompt and prompt != "<|endoftext|>" else ""
+    use = f"Chat with it: gptscratch chat --ckpt {run_dir}" if cfg.chat else \
+        f"Sample with: gptscratch sample --ckpt {run_dir}{prompt}"
     print(f"done: {result['step']} steps{val}. Checkpoint {result.get('checkpoint')}, metrics {run_dir}/metrics.jsonl"
-          f"{plot}. Sample with: gptscratch sample --ckpt {run_dir}{prompt}")
+          f"{plot}. {use}")
     return 0
 
 

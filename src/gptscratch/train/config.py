@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.data.loader import shuffle_mode
 from gptscratch.device import Attention
 from gptscratch.errors import UserError
 from gptscratch.model import GPTConfig, Mlp, Norm, PosEmbedding
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.precision import DTYPE_HELP, Dtype
+from gptscratch.tokenizer import VOCAB_SIZE
 
 CompileMode = Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"]
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
@@ -47,6 +49,10 @@ class TrainConfig:
     init_from: str = setting("", "start from these weights, not random ones: a Hugging Face directory or hub id "
                              "(GPT-2, or a Qwen3/Llama model gptscratch exported) or a gptscratch checkpoint; "
                              "the model's shape comes from it")
+    chat: bool = setting(False, "train a chat model on conversations (--data from `gptscratch prepare --chat`): the "
+                         "loss and the val loss are the mean over the tokens the assistant writes, and the vocabulary "
+                         "takes the four chat tokens into rows the padding already holds (from --init-from, each "
+                         "starts as a typical token of it: its embeddings' mean plus noise of their spread)")
     # model
     n_layer: int = setting(12, "transformer blocks", min=1)
     n_head: int = setting(12, "attention heads per block", min=1)
@@ -148,7 +154,7 @@ class TrainConfig:
     def model_config(self) -> GPTConfig:
         return GPTConfig(
             block_size=self.block_size or self.seq_len,
-            vocab_size=50257,
+            vocab_size=CHAT_VOCAB_SIZE if self.chat else VOCAB_SIZE,
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_embd=self.n_embd,
@@ -224,6 +230,13 @@ PRESETS: dict[str, dict] = {
         seq_len=256, batch_size=8, total_batch_tokens=0, lr=2e-4, min_lr_ratio=0.1, warmup_steps=20,
         max_steps=200, dropout=0.1, weight_decay=0.1, eval_interval=20, eval_batches=8, ckpt_interval=100,
         num_samples=2, sample_tokens=64, sample_prompt="\n",
+    ),
+    # Supervised fine-tuning into a chat model: the finetune preset's recipe on conversations, the loss on the
+    # assistant's tokens only. Samples of raw text say little of a chat model: `gptscratch chat` talks to it.
+    "sft": dict(
+        chat=True, seq_len=512, batch_size=8, total_batch_tokens=0, lr=2e-4, min_lr_ratio=0.1, warmup_steps=20,
+        max_steps=500, dropout=0.1, weight_decay=0.1, eval_interval=50, eval_batches=8, ckpt_interval=100,
+        num_samples=0,
     ),
     # build-nanogpt's GPT-2 124M recipe on FineWeb-Edu: 10B tokens in 19,073 steps of 2^19 tokens.
     "gpt2-124m": dict(hellaswag_interval=250, ckpt_interval=1000),

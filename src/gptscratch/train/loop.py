@@ -158,6 +158,12 @@ def open_data(cfg: TrainConfig, d: Dist) -> tuple[TokenLoader, TokenLoader]:
     # 2.67 there against 3.57 over every window).
     val = TokenLoader(data, "val", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=d.rank,
                       world_size=d.world_size, seed=0, shuffle="rows")
+    if train.chat and not cfg.chat:
+        raise UserError(f"--data {data}: holds conversations (prepared with --chat); train a chat model on them with "
+                        "--preset sft (or --chat)")
+    if cfg.chat and not train.chat:
+        raise UserError(f"--chat: --data {data} holds no conversations; make them with `gptscratch prepare CORPUS "
+                        f"--chat --out DIR`")
     return train, val
 
 
@@ -273,24 +279,26 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
 
 @torch.no_grad()
 def estimate_val_loss(run: Run) -> tuple[float, float]:
-    """(val loss, val bits per byte) over `eval_batches` batches of val rows, every rank's together. Bits per
-    byte weighs each token's loss by the UTF-8 bytes it stands for (`evaluate.loss` says how)."""
+    """(val loss, val bits per byte) over `eval_batches` batches of val rows, every rank's together: over the
+    targets the loader keeps (on chat data, the assistant's). Bits per byte weighs each token's loss by the
+    UTF-8 bytes it stands for (`evaluate.loss` says how)."""
     model = run.raw_model
     model.eval()
     run.val_loader.reset()  # the same val batches every time, so evaluations compare
-    sizes = torch.from_numpy(token_bytes()).to(run.device)
-    sums = torch.zeros(3, device=run.device)  # nats over every target, nats over text targets, their bytes
+    sizes = torch.from_numpy(token_bytes(model.config.vocab_size)).to(run.device)
+    # nats over every target, nats over text targets, their bytes, the targets
+    sums = torch.zeros(4, device=run.device)
     for _ in range(run.cfg.eval_batches):
         x, y = run.val_loader.next_batch()
         x, y = x.to(run.device), y.to(run.device)
         with autocast(run.device, run.amp):
             _, losses = model(x, y, return_logits=False, amp=run.amp, loss_reduction="none")
-        nbytes = sizes[y]
-        sums += torch.stack([losses.sum(), losses[nbytes > 0].sum(), nbytes.sum()]).float()
+        kept = y >= 0  # -1: a chat target the assistant did not write
+        nbytes = torch.where(kept, sizes[y.clamp(min=0)], 0)
+        sums += torch.stack([losses.sum(), losses[nbytes > 0].sum(), nbytes.sum(), kept.sum()]).float()
     model.train()
-    nats, text_nats, text_bytes = all_reduce_mean(sums, run.d).tolist()
-    tokens = run.cfg.eval_batches * run.cfg.batch_size * run.cfg.seq_len
-    return nats / tokens, text_nats / math.log(2) / max(text_bytes, 1)
+    nats, text_nats, text_bytes, tokens = all_reduce_mean(sums, run.d).tolist()
+    return nats / max(tokens, 1), text_nats / math.log(2) / max(text_bytes, 1)
 
 
 def samples(run: Run) -> list[str]:

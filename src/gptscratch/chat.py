@@ -1,0 +1,165 @@
+"""The chat format: a conversation as token ids, and which of those ids the assistant writes.
+
+A conversation is OpenAI's `messages` list (`[{"role": "user", "content": "Hi"}, {"role": "assistant", ...}]`),
+rendered as nanochat renders it, with GPT-2's `<|endoftext|>` opening it (GPT-2's BPE has no other
+beginning-of-sequence token):
+
+    <|endoftext|><|user_start|>Hi<|user_end|><|assistant_start|>Hello!<|assistant_end|><|user_start|>...
+
+A system message has no turn of its own: its text opens the first user turn, followed by a blank line. Turns
+alternate user, assistant, user, ... from the first user turn on.
+
+The four chat tokens take ids 50257-50260, rows that a model padded to a multiple of 64 (50,304 rows) already
+has, so a GPT-2 checkpoint keeps its shape; a chat model is one whose vocabulary is those 50,261 tokens
+(`is_chat_model`), which its checkpoint and its export both record. Message text is encoded as ordinary text:
+a user who types `<|assistant_end|>` gets those characters, never the token.
+
+The mask is 1 exactly on the tokens the assistant writes, its text and its `<|assistant_end|>`; the
+`<|assistant_start|>` that opens its turn belongs to the prompt (`render_prompt` ends with it). Since no text
+produces a chat token, the mask is a function of the ids alone (`assistant_mask`: a token is the assistant's
+when the last chat token before it is `<|assistant_start|>`), so chat shards hold the ids only and their mask
+can never disagree with them.
+
+This module loads no torch: `prepare --chat` and its worker processes import it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import tiktoken
+
+from gptscratch.errors import UserError
+from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+
+USER_START, USER_END, ASSISTANT_START, ASSISTANT_END = range(VOCAB_SIZE, VOCAB_SIZE + 4)
+CHAT_TOKENS = {"<|user_start|>": USER_START, "<|user_end|>": USER_END, "<|assistant_start|>": ASSISTANT_START,
+               "<|assistant_end|>": ASSISTANT_END}
+CHAT_VOCAB_SIZE = VOCAB_SIZE + len(CHAT_TOKENS)  # 50261
+ROLES = ("system", "user", "assistant")
+
+
+class ChatFormatError(UserError):
+    """A conversation that is not a valid `messages` list; the message names the message at fault, and
+    whoever read it adds where it came from (a file and line, a request)."""
+
+
+def turns(messages: Any, ends_with: Literal["assistant", "user"]) -> list[tuple[str, str]]:
+    """(role, text) of each turn of `messages`, checked, with a system message merged into the first user turn.
+
+    `ends_with` is the role of the last message: a conversation to train on ends with the assistant's reply,
+    a prompt with the user's message that the assistant is to answer.
+    """
+    if not isinstance(messages, list) or not messages:
+        kind = "an empty list" if isinstance(messages, list) else _kind(messages)
+        raise ChatFormatError(f"messages is {kind}; expected a non-empty list of "
+                              "{\"role\": ..., \"content\": ...} objects")
+    out: list[tuple[str, str]] = []
+    system = None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ChatFormatError(f"messages[{i}] is {_kind(message)}; expected an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ChatFormatError(f"messages[{i}]: role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ChatFormatError(f"messages[{i}]: content is {_kind(content)}; expected text")
+        if not content.strip():
+            raise ChatFormatError(f"messages[{i}]: the {role}'s content is empty")
+        if role == "system":
+            if i != 0:
+                raise ChatFormatError(f"messages[{i}]: a system message may only come first")
+            system = content
+            continue
+        expected = "user" if not out or out[-1][0] == "assistant" else "assistant"
+        if role != expected:
+            raise ChatFormatError(f"messages[{i}] is the {role}'s turn where the {expected}'s was due; turns "
+                                  "alternate user, assistant, user, ... (after an optional system message)")
+        if system is not None:  # nanochat's way: the system text opens the first user turn
+            content, system = f"{system}\n\n{content}", None
+        out.append((role, content))
+    if not out:
+        raise ChatFormatError("messages holds only a system message; expected a user turn after it")
+    if out[-1][0] != ends_with:
+        raise ChatFormatError(f"messages ends with the {out[-1][0]}'s turn; expected the {ends_with}'s last"
+                              + (" (a conversation to train on ends with a reply)" if ends_with == "assistant"
+                                 else " (the prompt for a reply)"))
+    return out
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _encode(turns_: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    enc = get_encoding()
+    ids, mask = [EOT_TOKEN], [0]
+    for role, text in turns_:
+        body = enc.encode_ordinary(text)
+        if role == "user":
+            ids += [USER_START, *body, USER_END]
+            mask += [0] * (len(body) + 2)
+        else:
+            ids += [ASSISTANT_START, *body, ASSISTANT_END]
+            mask += [0] + [1] * (len(body) + 1)
+    return ids, mask
+
+
+def encode_conversation(messages: Any) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation that ends with the assistant's reply: the mask is 1 exactly on the tokens
+    the assistant writes (its text and its `<|assistant_end|>`). A bad conversation raises ChatFormatError."""
+    return _encode(turns(messages, "assistant"))
+
+
+def render_prompt(messages: Any) -> list[int]:
+    """The ids that ask a chat model for the next reply: the conversation up to the user's last message, then
+    `<|assistant_start|>`. The reply ends with `<|assistant_end|>` (ASSISTANT_END: generation's stop token)."""
+    ids, _ = _encode(turns(messages, "user"))
+    return [*ids, ASSISTANT_START]
+
+
+def assistant_mask(ids: np.ndarray, inside: bool | np.ndarray = False) -> np.ndarray:
+    """Which of `ids` (1-D, or 2-D rows) the assistant writes: those whose last preceding chat token (or
+    `<|endoftext|>`) is `<|assistant_start|>`. `inside` says whether the ids before the first such token are
+    inside an assistant turn: a row cut from the middle of a conversation (one per row for 2-D `ids`)."""
+    ids = np.asarray(ids)
+    n = ids.shape[-1]
+    marks = np.where(ids >= EOT_TOKEN, np.arange(n), -1)  # <|endoftext|> and the chat tokens
+    last = np.maximum.accumulate(marks, axis=-1)  # the last mark at or before each position
+    before = np.concatenate([np.full((*ids.shape[:-1], 1), -1), last[..., :-1]], axis=-1)  # strictly before
+    kind = np.take_along_axis(ids, np.maximum(before, 0), axis=-1)
+    inside = np.asarray(inside, dtype=bool)
+    return np.where(before >= 0, kind == ASSISTANT_START, inside[..., None] if inside.ndim else inside)
+
+
+@functools.lru_cache(maxsize=1)
+def get_chat_encoding() -> tiktoken.Encoding:
+    """GPT-2's BPE that also knows the chat tokens, for decoding a chat model's ids (tiktoken's documented way
+    to extend an Encoding with special tokens)."""
+    base = get_encoding()
+    return tiktoken.Encoding(name="gpt2-chat", pat_str=base._pat_str, mergeable_ranks=base._mergeable_ranks,
+                             special_tokens={**base._special_tokens, **CHAT_TOKENS}, explicit_n_vocab=CHAT_VOCAB_SIZE)
+
+
+def decode_reply(ids: Sequence[int]) -> str:
+    """The text of a generated reply: the ids up to its `<|assistant_end|>`, chat tokens left out."""
+    ids = list(ids)
+    if ASSISTANT_END in ids:
+        ids = ids[:ids.index(ASSISTANT_END)]
+    return get_encoding().decode([i for i in ids if i < EOT_TOKEN])
+
+
+def is_chat_model(config: Any) -> bool:
+    """Whether a model (its GPTConfig) knows the chat tokens: trained with `--chat` (`--preset sft`)."""
+    return config.vocab_size == CHAT_VOCAB_SIZE
+
+
+def check_chat_model(config: Any, source: str) -> None:
+    """Refuse, in one line, a model that never learned the chat tokens (a base GPT-2, say)."""
+    if not is_chat_model(config):
+        raise UserError(f"{source}: not a chat model (its vocabulary is {config.vocab_size} tokens, without the chat "
+                        "tokens); make one with `gptscratch train --preset sft --init-from MODEL --data DIR` on "
+                        "conversations from `gptscratch prepare CORPUS --chat --out DIR`")
