@@ -14,6 +14,7 @@ from benchmarks import (
     peer_nanogpt,
     recipes,
     serve_bench,
+    sft_packing,
     train_check,
     vs_tiktoken,
     vs_transformers,
@@ -34,6 +35,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     fsdp_memory.add_parsers(sub)  # fsdp-memory
     peer_nanogpt.add_parsers(sub)  # nanogpt
     recipes.add_parsers(sub)  # recipes
+    sft_packing.add_parsers(sub)  # sft-packing
     gpu.add_parsers(sub)  # gpu
     gpu_ab.add_parsers(sub)  # gpu-ab
     train_check.add_parsers(sub)  # train-check

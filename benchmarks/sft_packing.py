@@ -1,6 +1,6 @@
 """SFT batches: conversations packed back to back into rows (the loader's way) against one conversation a row.
 
-    python3 benchmarks/sft_packing.py [--steps 20] [--repeats 3]
+    python -m benchmarks sft-packing [--steps 20] [--repeats 3]
 
 Two synthetic corpora: `rule`, the single-turn conversations of tests/test_sft.py's effect test (about 15
 tokens each) at seq_len 64, and `long`, multi-turn conversations of 2-8 turns with log-normal turn lengths (a
@@ -149,11 +149,7 @@ def measure(name: str, conversations: list[list[dict]], seq_len: int, batch: int
     return result
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per layout and repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,5 +169,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("sft-packing", help="SFT batches: conversations packed into rows against one a row",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per layout and repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=run)
