@@ -38,7 +38,7 @@ positions of the split's chat tokens, found once when it opens. Rows pack conver
 pretraining packs documents: on multi-turn conversations (a median of 175 tokens, seq_len 512) that trained
 2.0x the assistant tokens per second of a row per conversation cut to its batch's longest, and 3.0x of one
 padded to seq_len, though 28% of the assistant's tokens then see their conversation cut at the row's start
-(benchmarks/sft_packing.py). `shards` order would join a conversation to another shard's, so chat data takes
+(`python -m benchmarks sft-packing`). `shards` order would join a conversation to another shard's, so chat data takes
 `rows` or `none`.
 
 Shards are memory-mapped when first read (at most two at a time for the sequential modes; with rows,
