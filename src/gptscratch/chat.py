@@ -44,7 +44,12 @@ ROLES = ("system", "user", "assistant")
 
 class ChatFormatError(UserError):
     """A conversation that is not a valid `messages` list; the message names the message at fault, and
-    whoever read it adds where it came from (a file and line, a request)."""
+    whoever read it adds where it came from (a file and line, a request). `field` is that place as a path
+    (`messages`, `messages[2]`, `messages[2].role`), for an API error's `param`."""
+
+    def __init__(self, message: str, field: str = "messages"):
+        super().__init__(message)
+        self.field = field
 
 
 def turns(messages: Any, ends_with: Literal["assistant", "user"]) -> list[tuple[str, str]]:
@@ -61,23 +66,27 @@ def turns(messages: Any, ends_with: Literal["assistant", "user"]) -> list[tuple[
     system = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ChatFormatError(f"messages[{i}] is {_kind(message)}; expected an object with role and content")
+            raise ChatFormatError(f"messages[{i}] is {_kind(message)}; expected an object with role and content",
+                                  f"messages[{i}]")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise ChatFormatError(f"messages[{i}]: role {role!r}; expected one of {', '.join(ROLES)}")
+            raise ChatFormatError(f"messages[{i}]: role {role!r}; expected one of {', '.join(ROLES)}",
+                                  f"messages[{i}].role")
         if not isinstance(content, str):
-            raise ChatFormatError(f"messages[{i}]: content is {_kind(content)}; expected text")
+            raise ChatFormatError(f"messages[{i}]: content is {_kind(content)}; expected text",
+                                  f"messages[{i}].content")
         if not content.strip():
-            raise ChatFormatError(f"messages[{i}]: the {role}'s content is empty")
+            raise ChatFormatError(f"messages[{i}]: the {role}'s content is empty", f"messages[{i}].content")
         if role == "system":
             if i != 0:
-                raise ChatFormatError(f"messages[{i}]: a system message may only come first")
+                raise ChatFormatError(f"messages[{i}]: a system message may only come first", f"messages[{i}].role")
             system = content
             continue
         expected = "user" if not out or out[-1][0] == "assistant" else "assistant"
         if role != expected:
             raise ChatFormatError(f"messages[{i}] is the {role}'s turn where the {expected}'s was due; turns "
-                                  "alternate user, assistant, user, ... (after an optional system message)")
+                                  "alternate user, assistant, user, ... (after an optional system message)",
+                                  f"messages[{i}].role")
         if system is not None:  # nanochat's way: the system text opens the first user turn
             content, system = f"{system}\n\n{content}", None
         out.append((role, content))

@@ -106,6 +106,7 @@ def generate(
     was_training = model.training
     model.eval()
     block = config.block_size
+    vocab = config.vocab_size if is_chat_model(config) else min(config.vocab_size, VOCAB_SIZE)
     cache = None
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     try:
@@ -119,8 +120,9 @@ def generate(
                     logits, _ = model(idx[:, -block:], cache=cache, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-            # neither padded rows nor ids the tokenizer lacks (a model trained with vocab_size 50304) are sampled
-            logits = logits[:, -1, : min(config.vocab_size, VOCAB_SIZE)]
+            # neither padded rows nor ids the tokenizer lacks (a model trained with vocab_size 50304) are sampled;
+            # a chat model's tokenizer has the chat tokens, which end its replies
+            logits = logits[:, -1, :vocab]
             tok = next_token(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 tok = torch.where(done, torch.full_like(tok, stop_token), tok)

@@ -1,4 +1,4 @@
-"""`gptscratch serve`: an OpenAI-compatible completions server with batched decoding and a playground page.
+"""`gptscratch serve`: an OpenAI-compatible completions and chat server with batched decoding and a playground page.
 
 `engine` decodes many requests in one forward pass per step; `api` is the HTTP side (Starlette, run by
 uvicorn), imported only here, so the rest of the package never needs the `[serve]` extra.
@@ -92,7 +92,8 @@ def serve(model: GPT, model_id: str, host: str = "127.0.0.1", port: int = 8000, 
     server = uvicorn_server(engine, model_id, sock, limits or Limits(), 2, api_key=api_key, max_body=max_body)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"serving {model_id} at http://{shown}:{bound_port} (the page at /, the API at /v1/completions); "
+    print(f"serving {model_id} at http://{shown}:{bound_port} (the page at /, the API at /v1/completions"
+          f"{' and /v1/chat/completions' if engine.chat else ''}); "
           "Ctrl-C stops", flush=True)
     if api_key is None and not is_loopback(sock):
         print(f"warning: --host {host} takes connections from other machines and no --api-key is set: anyone who "
@@ -165,10 +166,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model: an OpenAI-compatible completions API and a playground page",
-                       description="Serve a model over HTTP: POST /v1/completions (OpenAI's shape, streaming "
-                       "included), GET /v1/models, GET /health, and a playground page at /. Concurrent requests "
-                       "are decoded together, one forward pass per step. Needs the [serve] extra.")
+    p = sub.add_parser("serve", help="serve a model: an OpenAI-compatible completions and chat API, and a "
+                       "playground page",
+                       description="Serve a model over HTTP: POST /v1/completions and, for a chat model (trained "
+                       "with --preset sft), POST /v1/chat/completions (OpenAI's shapes, streaming included), "
+                       "GET /v1/models, GET /health, and a playground page at / with a completion mode and a chat "
+                       "mode. Concurrent requests, completions and chats alike, are decoded together, one forward "
+                       "pass per step. Needs the [serve] extra.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 opens it to the network)")

@@ -1,8 +1,11 @@
-"""The HTTP side of `gptscratch serve`: OpenAI's completions API over the batched engine, and the page.
+"""The HTTP side of `gptscratch serve`: OpenAI's completions and chat completions over the batched engine, and
+the page.
 
 Routes: `POST /v1/completions` (OpenAI's legacy completions shape, streamed as server-sent events when
-`stream` is true), `GET /v1/models`, `GET /health`, `GET /` (the playground page, one static file), and the
-tokenizer for evaluators: `GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize`.
+`stream` is true), `POST /v1/chat/completions` (a chat model only: `messages` rendered in the chat format,
+the reply ending at <|assistant_end|>, streamed as `delta` chunks), `GET /v1/models`, `GET /health`, `GET /`
+(the playground page, one static file), and the tokenizer for evaluators:
+`GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize`.
 Every error is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the field at fault
 in `param`, so the `openai` client raises the matching exception (BadRequestError, RateLimitError, ...).
 
@@ -23,6 +26,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -35,6 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gptscratch.chat import ASSISTANT_END, ChatFormatError, render_prompt
 from gptscratch.serve.engine import Engine, Event, QueueFull, Request, Sampling
 from gptscratch.tokenizer import EOT_TOKEN
 
@@ -42,6 +47,9 @@ from gptscratch.tokenizer import EOT_TOKEN
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
          "stream_options", "echo", "logprobs", "user", "best_of", "presence_penalty", "frequency_penalty",
          "logit_bias", "suffix"}
+KNOWN_CHAT = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n",
+              "stop", "seed", "stream", "stream_options", "user", "presence_penalty", "frequency_penalty",
+              "logit_bias", "logprobs", "tools", "response_format"}
 MAX_LOGPROBS = 20
 MAX_INT_DIGITS = 4300  # Python's own limit for int(str): past it, json.loads would raise ValueError
 # a Host header's name (a bracketed IPv6 address, or no colon, @ or slash in it) and port
@@ -76,6 +84,7 @@ class Completion:
     stream: bool
     include_usage: bool
     echo: bool
+    chat: bool = False  # /v1/chat/completions: the same decoding, answered in the chat shape
 
 
 def _typed(body: dict, name: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
@@ -135,13 +144,14 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-def parse_completion(body: Any, server: Server) -> Completion:
+def _check_common(body: Any, server: Server, known: set[str]) -> None:
+    """What completions and chat completions check alike: an object, text, known fields, the model."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     _check_text(body)
-    unknown = sorted(set(body) - KNOWN)
+    unknown = sorted(set(body) - known)
     if unknown:
-        raise ApiError(400, f"unknown field '{unknown[0]}' (this server reads: {', '.join(sorted(KNOWN))})",
+        raise ApiError(400, f"unknown field '{unknown[0]}' (this server reads: {', '.join(sorted(known))})",
                        unknown[0])
     model = _typed(body, "model", (str,), "a string")
     if model is None:
@@ -149,38 +159,29 @@ def parse_completion(body: Any, server: Server) -> Completion:
     if model != server.model_id:
         raise ApiError(404, f"the model '{model}' does not exist; this server serves '{server.model_id}'", "model",
                        code="model_not_found")
-    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logit_bias", {}), ("suffix", None)):
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logit_bias", {}), ("suffix", None),
+                          ("tools", None), ("response_format", None)):
         if body.get(name, neutral) not in (neutral, None):
             raise ApiError(400, f"'{name}' is not supported by this server", name)
-    prompts, texts = _prompts(body.get("prompt", "<|endoftext|>"), server)
-    n = _int(body, "n", 1, 1, server.engine.max_batch)
-    if _int(body, "best_of", n, 1, server.engine.max_batch) != n:
-        raise ApiError(400, "'best_of' must equal 'n' (ranking several samples is not supported)", "best_of")
-    if len(prompts) > server.engine.max_queue:  # each prompt waits in the queue as a request of its own
-        raise ApiError(400, f"{len(prompts)} prompts in one request are more than this server queues "
-                       f"({server.engine.max_queue}, --max-queue)", "prompt")
-    context = server.engine.model.config.block_size
-    longest = max(len(p) for p in prompts)
-    if longest > context:
-        raise ApiError(400, f"the prompt is {longest} tokens, more than the model's context of {context}", "prompt")
-    max_tokens = _int(body, "max_tokens", 16, 0, context)  # absent: 16, OpenAI's default
-    if "max_tokens" in body and body["max_tokens"] is None:
+    _typed(body, "user", (str,), "a string")
+
+
+def _max_tokens(body: dict, name: str, longest: int, context: int, default: int) -> int:
+    max_tokens = _int(body, name, default, 0, context)
+    if name in body and body[name] is None:
         max_tokens = context - longest  # null: as many as the context holds
     if longest + max_tokens > context:
-        raise ApiError(400, f"'max_tokens' {max_tokens} + the prompt's {longest} tokens exceed the model's context "
-                       f"of {context}; ask for at most {context - longest}", "max_tokens")
+        raise ApiError(400, f"'{name}' {max_tokens} + the prompt's {longest} tokens exceed the model's context "
+                       f"of {context}; ask for at most {context - longest}", name)
+    return max_tokens
+
+
+def _sampling(body: dict, server: Server, max_tokens: int, logprobs: int | None) -> Sampling:
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and len(stop) <= 4
                                  and all(isinstance(s, str) and s for s in stop)):
         raise ApiError(400, "'stop' must be a non-empty string or a list of at most 4 of them", "stop")
-    options = _typed(body, "stream_options", (dict,), "an object", {})
-    if set(options) - {"include_usage"}:
-        raise ApiError(400, f"unknown field 'stream_options.{sorted(set(options) - {'include_usage'})[0]}'",
-                       "stream_options")
-    _typed(body, "user", (str,), "a string")
-    logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
-    echo = _typed(body, "echo", (bool,), "true or false", False)
     sampling = Sampling(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0, "a number in [0, 2] (0 is greedy)"),
@@ -192,8 +193,68 @@ def parse_completion(body: Any, server: Server) -> Completion:
     )
     if sampling.top_p == 0:
         raise ApiError(400, "'top_p' must be a number in (0, 1], got 0", "top_p")
-    return Completion(prompts, texts, sampling, n, _typed(body, "stream", (bool,), "true or false", False),
-                      _typed(options, "include_usage", (bool,), "true or false", False), echo)
+    return sampling
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    """`stream`, and `stream_options.include_usage`."""
+    options = _typed(body, "stream_options", (dict,), "an object", {})
+    if set(options) - {"include_usage"}:
+        raise ApiError(400, f"unknown field 'stream_options.{sorted(set(options) - {'include_usage'})[0]}'",
+                       "stream_options")
+    return (_typed(body, "stream", (bool,), "true or false", False),
+            _typed(options, "include_usage", (bool,), "true or false", False))
+
+
+def parse_completion(body: Any, server: Server) -> Completion:
+    _check_common(body, server, KNOWN)
+    prompts, texts = _prompts(body.get("prompt", "<|endoftext|>"), server)
+    n = _int(body, "n", 1, 1, server.engine.max_batch)
+    if _int(body, "best_of", n, 1, server.engine.max_batch) != n:
+        raise ApiError(400, "'best_of' must equal 'n' (ranking several samples is not supported)", "best_of")
+    if len(prompts) > server.engine.max_queue:  # each prompt waits in the queue as a request of its own
+        raise ApiError(400, f"{len(prompts)} prompts in one request are more than this server queues "
+                       f"({server.engine.max_queue}, --max-queue)", "prompt")
+    context = server.engine.model.config.block_size
+    longest = max(len(p) for p in prompts)
+    if longest > context:
+        raise ApiError(400, f"the prompt is {longest} tokens, more than the model's context of {context}", "prompt")
+    max_tokens = _max_tokens(body, "max_tokens", longest, context, 16)  # absent: 16, OpenAI's default
+    stream, include_usage = _streaming(body)
+    logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+    echo = _typed(body, "echo", (bool,), "true or false", False)
+    sampling = _sampling(body, server, max_tokens, logprobs)
+    return Completion(prompts, texts, sampling, n, stream, include_usage, echo)
+
+
+def parse_chat(body: Any, server: Server) -> Completion:
+    """A chat completion: `messages` rendered as the chat format's prompt, the reply ending at <|assistant_end|>."""
+    _check_common(body, server, KNOWN_CHAT)
+    if not server.engine.chat:
+        config = server.engine.model.config
+        raise ApiError(400, f"the model '{server.model_id}' is not a chat model: its vocabulary is {config.vocab_size} "
+                       "tokens, without the chat tokens, so it cannot answer messages; use /v1/completions, or serve "
+                       "a model trained with `gptscratch train --preset sft`", "model")
+    if "messages" not in body:
+        raise ApiError(400, "'messages' is required: the conversation, ending with the user's message", "messages")
+    try:
+        prompt = render_prompt(body["messages"])
+    except ChatFormatError as e:
+        raise ApiError(400, str(e), e.field) from None
+    if body.get("logprobs") not in (None, False):
+        raise ApiError(400, "'logprobs' is not supported by chat completions on this server", "logprobs")
+    n = _int(body, "n", 1, 1, server.engine.max_batch)
+    context = server.engine.model.config.block_size
+    if len(prompt) >= context:  # the reply needs a token at least
+        raise ApiError(400, f"the conversation is {len(prompt)} tokens as a prompt, and the model's context "
+                       f"{context}: it leaves no room for a reply", "messages")
+    # OpenAI's newer name wins; absent both, the reply may take what the context has left
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _max_tokens(body, name, len(prompt), context, context - len(prompt))
+    stream, include_usage = _streaming(body)
+    sampling = _sampling(body, server, max_tokens, None)
+    sampling.stop_token, sampling.special_text = ASSISTANT_END, False
+    return Completion([prompt], [""], sampling, n, stream, include_usage, False, chat=True)
 
 
 def _prompts(prompt: Any, server: Server) -> tuple[list[list[int]], list[str]]:
@@ -208,7 +269,7 @@ def _prompts(prompt: Any, server: Server) -> tuple[list[list[int]], list[str]]:
     tokens, texts = [], []
     for p in prompt:
         if isinstance(p, str):
-            ids = enc.encode(p, allowed_special={"<|endoftext|>"})
+            ids = enc.encode(p, allowed_special="all")  # <|endoftext|>, and a chat model's chat tokens
             text = p
         elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
             bad = [t for t in p if not 0 <= t < server.engine.vocab]
@@ -325,10 +386,19 @@ def _merge(block: dict | None, more: dict) -> dict:
 
 
 async def completions(request: HttpRequest) -> Response:
+    return await _answer(request, parse_completion)
+
+
+async def chat_completions(request: HttpRequest) -> Response:
+    return await _answer(request, parse_chat)
+
+
+async def _answer(request: HttpRequest, parse: Callable[[Any, Server], Completion]) -> Response:
+    """Decode a completion or a chat completion (batched in the same engine) and answer in its shape."""
     server: Server = request.app.state.server
     try:
         server.check_auth(request)
-        req = parse_completion(await server.read_json(request), server)
+        req = parse(await server.read_json(request), server)
     except ApiError as e:
         return e.response()
     loop = asyncio.get_running_loop()
@@ -348,9 +418,10 @@ async def completions(request: HttpRequest) -> Response:
             r.cancelled = True
         status, code = (429, "rate_limit_exceeded") if isinstance(e, QueueFull) else (503, "engine_stopped")
         return ApiError(status, f"the server is busy: {e}; retry later", kind="server_error", code=code).response()
-    rid = f"cmpl-{secrets.token_hex(12)}"
+    rid = f"{'chatcmpl' if req.chat else 'cmpl'}-{secrets.token_hex(12)}"
     created = int(time.time())
-    base = {"id": rid, "object": "text_completion", "created": created, "model": server.model_id}
+    kind = ("chat.completion.chunk" if req.stream else "chat.completion") if req.chat else "text_completion"
+    base = {"id": rid, "object": kind, "created": created, "model": server.model_id}
     enc = server.engine.enc
     total = len(engine_requests) * req.n
     usage_prompt = sum(len(p) for p in req.prompts) * req.n
@@ -417,6 +488,8 @@ async def completions(request: HttpRequest) -> Response:
         del c["_offset"]
         if req.sampling.logprobs is None:
             c["logprobs"] = None
+        if req.chat:
+            c["message"] = {"role": "assistant", "content": c.pop("text")}
     return JSONResponse({**base, "choices": [choices[i] for i in sorted(choices)],
                          "usage": {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens,
                                    "total_tokens": usage_prompt + completion_tokens}})
@@ -455,10 +528,11 @@ async def _stream(req: Completion, base: dict, first: Event, events: asyncio.Que
             if ev.finish_reason == "error":  # too late for a status: OpenAI's error as the last event
                 yield f"data: {json.dumps(_decoding_failed(ev).body())}\n\n"
                 return
-            text, logprobs = "", None
+            text, logprobs, delta = "", None, {}
             if ev.index not in offsets:
                 text, logprobs = echo_part(ev.index)
                 offsets[ev.index] = len(text)
+                delta["role"] = "assistant"  # a chat choice's first chunk says whose turn it is
             if req.sampling.logprobs is not None:
                 logprobs = _merge(logprobs, _logprobs_block(enc, ev.tokens, ev.token_logprobs, ev.top_logprobs,
                                                             offsets[ev.index]))
@@ -466,7 +540,13 @@ async def _stream(req: Completion, base: dict, first: Event, events: asyncio.Que
             offsets[ev.index] += len(ev.text)
             completion_tokens += len(ev.tokens)
             finished += ev.finish_reason is not None
-            yield chunk([{"index": ev.index, "text": text, "logprobs": logprobs, "finish_reason": ev.finish_reason}])
+            if req.chat:
+                delta["content"] = text
+                yield chunk([{"index": ev.index, "delta": delta, "logprobs": None,
+                              "finish_reason": ev.finish_reason}])
+            else:
+                yield chunk([{"index": ev.index, "text": text, "logprobs": logprobs,
+                              "finish_reason": ev.finish_reason}])
             ev = None
         if req.include_usage:
             yield chunk([], {"prompt_tokens": usage_prompt, "completion_tokens": completion_tokens,
@@ -601,6 +681,7 @@ def make_app(server: Server) -> Starlette:
     app = Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/tokenizer_info", tokenizer_info), Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
     ], exception_handlers={404: not_found, 405: not_found}, middleware=[Middleware(Guard, server=server)])

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from gptscratch.chat import get_chat_encoding, is_chat_model
 from gptscratch.generate import next_token
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
@@ -49,6 +50,10 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob and the top k
+    # a chat reply ends at <|assistant_end|> and its text leaves the special tokens out, as `decode_reply` does;
+    # a completion ends at <|endoftext|> and shows any other special token (a chat model's) by name
+    stop_token: int = EOT_TOKEN
+    special_text: bool = True
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Event:
     tokens: list[int]
     token_logprobs: list[float]
     top_logprobs: list[dict[int, float]]
-    finish_reason: str | None = None  # "stop" (a stop string or <|endoftext|>), "length", "cancelled", "error"
+    finish_reason: str | None = None  # "stop" (a stop string or the stop token), "length", "cancelled", "error"
     error: str | None = None  # with "error": what failed
 
 
@@ -97,15 +102,17 @@ class Choice:
 
     def add(self, token: int, logprob: float | None, top: dict[int, float] | None, enc) -> None:
         """Append a sampled token; decide whether the choice has finished."""
-        stops, hits = self.request.sampling.stop, []
-        if token == EOT_TOKEN:
+        sampling = self.request.sampling
+        stops, hits = sampling.stop, []
+        if token == sampling.stop_token:
             self.finish_reason = "stop"
         else:
             self.tokens.append(token)
             if logprob is not None:
                 self.token_logprobs.append(logprob)
                 self.top_logprobs.append(top or {})
-            self.text += self.decoder.decode(enc.decode_single_token_bytes(token))
+            if token < EOT_TOKEN or sampling.special_text:
+                self.text += self.decoder.decode(enc.decode_single_token_bytes(token))
             hits = [i for i in (self.text.find(s) for s in stops) if i >= 0]
             if hits:  # the text ends before the first stop string, which is not returned
                 self.text = self.text[: min(hits)]
@@ -141,7 +148,9 @@ class Engine:
         self.model = model.eval()
         self.device = model.lm_head.weight.device
         self.max_batch, self.max_queue, self.amp = max_batch, max_queue, amp
-        self.enc = get_encoding()
+        self.chat = is_chat_model(model.config)
+        # a chat model samples the chat tokens too, which GPT-2's encoding has no bytes for
+        self.enc = get_chat_encoding() if self.chat else get_encoding()
         # the ids a request may use or get: a model's rows beyond the tokenizer's (nanoGPT's 50,304) have no text
         self.vocab = min(model.config.vocab_size, self.enc.n_vocab)
         self.cache = model.new_cache(max_batch, dtype=amp, per_row=True)
@@ -284,7 +293,7 @@ class Engine:
         n = len(self.running)
         logits = logp = None
         try:
-            # a running choice has a token: one that ended on <|endoftext|> (kept out of its tokens) has left
+            # a running choice has a token: one that ended on its stop token (kept out of its tokens) has left
             idx = torch.tensor([c.tokens[-1] for c in self.running], dtype=torch.long, device=self.device)[:, None]
             with autocast(self.device, self.amp):
                 out, _ = self.model(idx, cache=self.cache.rows(0, n))
