@@ -572,7 +572,8 @@ async def health(request: HttpRequest) -> Response:
     stats = server.engine.stats()
     ok = server.engine.failure is None
     return JSONResponse({"status": "ok" if ok else "failed", "model": server.model_id,
-                         "auth": server.api_key is not None, **stats}, status_code=200 if ok else 503)
+                         "auth": server.api_key is not None, "chat": server.engine.chat, **stats},
+                        status_code=200 if ok else 503)
 
 
 # --- the tokenizer, for evaluators ---------------------------------------------------------------
@@ -635,7 +636,12 @@ async def detokenize(request: HttpRequest) -> Response:
 async def page(request: HttpRequest) -> Response:
     html = resources.files("gptscratch.serve").joinpath("page.html").read_text(encoding="utf-8")
     return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                       "style-src 'unsafe-inline'"})
+                                       "style-src 'unsafe-inline'; img-src data:"})
+
+
+async def icon(request: HttpRequest) -> Response:
+    """No icon: the page declares an empty one, and a browser that asks anyway gets no 404 in its console."""
+    return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
 
 
 async def not_found(request: HttpRequest, exc: Exception) -> Response:
@@ -679,7 +685,7 @@ class Guard:
 
 def make_app(server: Server) -> Starlette:
     app = Starlette(routes=[
-        Route("/", page), Route("/health", health), Route("/v1/models", models),
+        Route("/", page), Route("/favicon.ico", icon), Route("/health", health), Route("/v1/models", models),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/tokenizer_info", tokenizer_info), Route("/tokenize", tokenize, methods=["POST"]),
