@@ -31,6 +31,8 @@ from gptscratch.data.sources import (
     _reading,
     _shuffled,
     _suffix,
+    files_fingerprint,
+    hub_revision,
     load_hf_dataset,
     local_files,
 )
@@ -132,7 +134,7 @@ def _local(spec: str, field: str, errors: str, seed: int | None) -> Source:
     name = safe_name(base.name.removesuffix(_suffix(base) or "") if base.name else base.resolve().name)
     shown = [str(p) for p in paths]
     return Source(spec, name, {"kind": "files", "files": shown if len(shown) <= 1000 else f"{len(shown)} files"},
-                  documents)
+                  documents, lambda: files_fingerprint(paths))
 
 
 def _hub(spec: str, field: str, streaming: bool, seed: int | None) -> Source:
@@ -163,7 +165,8 @@ def _hub(spec: str, field: str, streaming: bool, seed: int | None) -> Source:
                 index += 1
 
     info = {"kind": "hf", "dataset": repo, "config": config or None, "streaming": streaming}
-    return Source(spec, safe_name(repo.split("/")[-1]), info, documents)
+    return Source(spec, safe_name(repo.split("/")[-1]), info, documents,
+                  lambda: {"dataset": repo, "config": config or None, "revision": hub_revision(repo)})
 
 
 def open_conversations(spec: str, *, field: str = DEFAULT_FIELD, errors: str = "strict", streaming: bool = False,
