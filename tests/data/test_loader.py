@@ -349,7 +349,7 @@ def test_the_loader_keeps_exactly_the_assistants_targets_of_packed_rows(varied):
     loader = TokenLoader(varied, "train", B, T, seed=5, shuffle="rows")
     order = RowPermutation(loader.rows_per_epoch, 5, 0)(np.arange(loader.rows_per_epoch))
     packed = 0
-    for b in range(loader.steps_per_epoch):
+    for b in range(loader.rows_per_epoch // B):  # one epoch
         x, y = loader.next_batch()
         for r, row in enumerate(order[b * B:(b + 1) * B]):
             s = row * T

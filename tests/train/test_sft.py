@@ -23,7 +23,7 @@ from gptscratch.repl import reply
 from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
 from gptscratch.train.config import config_from_dict
-from tests.helpers import TINY, assistant, read_metrics, train_losses, user
+from tests.helpers import assistant, read_metrics, train_losses, user
 
 # The rule: a fixed, arbitrary answer per noun, asked three ways. Nothing in a noun says its answer.
 NOUNS = ["apple", "river", "candle", "mountain", "violin", "garden", "rocket", "pebble", "lantern", "ocean",
@@ -33,6 +33,7 @@ ANSWERS = ["seven", "purple", "Tuesday", "copper", "north", "zebra", "eleven", "
 QUESTIONS = ["What is the secret word for {}?", "Tell me the code for {}.", "{}: which word?"]
 RUN = ["--device", "cpu", "--dtype", "float32", "--seq-len", "64", "--batch-size", "8", "--num-samples", "0"]
 SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64"]
+TINY_CHAT = [*RUN, *SHAPE]
 
 
 def rule_conversations(n: int, seed: int = 0) -> list[list[dict]]:
@@ -91,7 +92,7 @@ def runs(tmp_path_factory):
                      for _ in range(300)) for _ in range(30)]
     (root / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in text))
     prepare(str(root / "text.jsonl"), root / "text", workers=1, progress=False)
-    assert main(["train", "--preset", "tiny", *TINY, "--data", str(root / "text"), "--out", str(root / "base"),
+    assert main(["train", "--preset", "tiny", *TINY_CHAT, "--data", str(root / "text"), "--out", str(root / "base"),
                  "--max-steps", "2"]) == 0
     prepare(str(write_jsonl(root / "rule.jsonl", rule_conversations(400))), root / "rule", chat=True, workers=1,
             progress=False)
@@ -201,11 +202,11 @@ def test_a_model_that_never_learned_the_chat_tokens_is_refused_in_one_line(runs,
 def test_chat_data_and_a_chat_run_must_go_together(runs, tmp_path, capsys):
     root = runs
     cases = [
-        (["--preset", "tiny", *TINY, "--data", str(root / "rule")], "holds conversations (prepared with --chat)"),
-        (["--preset", "sft", *TINY, "--data", str(root / "text")], "--chat: --data"),
-        (["--preset", "tiny", *TINY, "--init-from", str(root / "sft"), "--data", str(root / "text")],
+        (["--preset", "tiny", *TINY_CHAT, "--data", str(root / "rule")], "holds conversations (prepared with --chat)"),
+        (["--preset", "sft", *TINY_CHAT, "--data", str(root / "text")], "--chat: --data"),
+        (["--preset", "tiny", *TINY_CHAT, "--init-from", str(root / "sft"), "--data", str(root / "text")],
          "a chat model; train it further on conversations"),
-        (["--preset", "sft", *TINY, "--data", str(root / "rule"), "--shuffle", "shards"],
+        (["--preset", "sft", *TINY_CHAT, "--data", str(root / "rule"), "--shuffle", "shards"],
          "chat data is read with --shuffle rows"),
     ]
     for i, (argv, message) in enumerate(cases):
