@@ -55,16 +55,17 @@ def check_vocab_size(vocab_size: int) -> None:
                         f"special tokens) to {MAX_VOCAB:,} (ids stored as uint16)")
 
 
-def training_texts(documents: Iterator[str], max_chars: int, doc_cap: int | None, progress: Any) -> Iterator[str]:
+def training_texts(documents: Iterator[str], max_chars: int, doc_cap: int | None, read: list[int],
+                   progress: Any) -> Iterator[str]:
     """The pieces of text the trainer sees: each document cut to `doc_cap` characters and split around the
-    special tokens (so no merge ever learns one), until `max_chars` characters have been read."""
+    special tokens (so no merge ever learns one), until `max_chars` characters have been read (counted in
+    `read[0]`: a disabled progress bar counts nothing)."""
     splitter = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
-    seen = 0
     for doc in documents:
-        if seen >= max_chars:
+        if read[0] >= max_chars:
             return
-        doc = doc[:min(doc_cap or len(doc), max_chars - seen)]
-        seen += len(doc)
+        doc = doc[:min(doc_cap or len(doc), max_chars - read[0])]
+        read[0] += len(doc)
         progress.update(len(doc))
         yield from (piece for piece in splitter.split(doc) if piece)
 
@@ -88,10 +89,11 @@ def train(spec: str, vocab_size: int, pattern: str = "gpt4", max_chars: int = 10
     source = open_source(spec, **source_kwargs)
     n_merged = vocab_size - len(SPECIAL_TOKENS)
     trainer = rustbpe.Tokenizer()
+    read = [0]
     with tqdm(desc=f"reading {spec}", unit="char", unit_scale=True, disable=not progress) as bar:
-        texts = training_texts(source.documents(0), max_chars, doc_cap, bar)
+        texts = training_texts(source.documents(0), max_chars, doc_cap, read, bar)
         trainer.train_from_iterator(texts, n_merged, pattern=PATTERNS[pattern])
-        chars = bar.n
+    chars = read[0]
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
     if chars == 0:
         raise UserError(f"{spec}: no text to learn from; expected a corpus with some non-empty documents")
@@ -232,7 +234,7 @@ def table(scores: list[Score]) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     enc, manifest = train(args.corpus, args.vocab_size, args.pattern, args.max_chars, args.doc_cap,
-                          name=Path(args.out).name, text_field=args.text_field)
+                          name=Path(args.out).name, progress=not args.quiet, text_field=args.text_field)
     manifest = save(enc, manifest, Path(args.out))
     print(f"wrote {args.out}: {manifest['vocab_size']:,} ids ({len(SPECIAL_TOKENS)} special) from "
           f"{manifest['chars']:,} characters", file=sys.stderr)
@@ -240,7 +242,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    scores = evaluate(args.dirs, args.data, args.max_chars, text_field=args.text_field)
+    scores = evaluate(args.dirs, args.data, args.max_chars, progress=not args.quiet, text_field=args.text_field)
     if args.json:
         print(json.dumps([{"tokenizer": s.name, "vocab_size": s.vocab_size, "bytes": s.bytes, "tokens": s.tokens,
                            "bytes_per_token": s.bytes_per_token} for s in scores], indent=2))
@@ -267,6 +269,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pattern", choices=sorted(PATTERNS), default="gpt4",
                    help="the split pattern: GPT-2's, or GPT-4's with digits in pairs")
     t.add_argument("--text-field", default="text", help="the field of a jsonl/csv/parquet/dataset row to read")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
     e = actions.add_parser("eval", help="bytes per token of trained tokenizers beside GPT-2's",
                            description="Bytes per token of each tokenizer directory and of GPT-2's on held-out text.")
@@ -275,4 +278,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-chars", type=int, default=10**7, help="characters of --data to encode at most")
     e.add_argument("--text-field", default="text", help="the field of a jsonl/csv/parquet/dataset row to read")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=run_eval)
