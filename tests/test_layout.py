@@ -68,7 +68,7 @@ LAYERS = {
     "the steps": {"gptscratch.data.prepare", "gptscratch.train.command", "gptscratch.train.loop", "gptscratch.generate",
                   "gptscratch.serve", "gptscratch.serve.api", "gptscratch.serve.engine", "gptscratch.evaluate",
                   "gptscratch.evaluate.hellaswag", "gptscratch.evaluate.loss", "gptscratch.evaluate.core",
-                  "gptscratch.plot", "gptscratch.repl"},
+                  "gptscratch.plot", "gptscratch.repl", "gptscratch.bpe"},
     "the pieces": {"gptscratch.model", "gptscratch.tokenizer", "gptscratch.data", "gptscratch.data.sources",
                    "gptscratch.data.shards", "gptscratch.data.loader", "gptscratch.train", "gptscratch.train.config",
                    "gptscratch.train.optim", "gptscratch.train.checkpoint", "gptscratch.train.rundir",

@@ -1,10 +1,10 @@
 """The `gptscratch` command: one parser, a subcommand for each step of the journey.
 
 Each command registers beside the code it drives (`register(sub)` in `data.prepare`, `train.command`,
-`generate`, `repl`, `serve`, `hf`, `evaluate`, `plot`); this module only builds the parser from them and runs the one
-asked for. Data flows one way: this module imports the others, and nothing imports it. Every error a user can
-fix, argparse's included, ends as one line on stderr and exit code 2; so does an OSError of the environment (a
-full disk, no permission).
+`generate`, `repl`, `serve`, `hf`, `evaluate`, `plot`, `bpe`); this module only builds the parser from them and
+runs the one asked for. Data flows one way: this module imports the others, and nothing imports it. Every error
+a user can fix, argparse's included, ends as one line on stderr and exit code 2; so does an OSError of the
+environment (a full disk, no permission).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import errno
 import sys
 import textwrap
 
-from gptscratch import evaluate, generate, hf, plot, repl, serve
+from gptscratch import bpe, evaluate, generate, hf, plot, repl, serve
 from gptscratch.data import prepare
 from gptscratch.errors import UserError
 from gptscratch.train import command as train_command
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     hf.register(sub)
     evaluate.register(sub)
     plot.register(sub)
+    bpe.register(sub)
     return parser
 
 
