@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from gptscratch import testing
+from gptscratch.chat import ASSISTANT_END, ASSISTANT_START
 from gptscratch.cli import main
 from gptscratch.data import prepare as prep
 from gptscratch.generate import generate
@@ -268,3 +269,60 @@ def user(text: str) -> dict:
 
 def assistant(text: str) -> dict:
     return {"role": "assistant", "content": text}
+
+
+NOUNS = ["apple", "river", "candle", "mountain", "violin", "garden", "rocket", "pebble", "lantern", "ocean",
+         "feather", "castle"]
+ANSWERS = ["seven", "purple", "Tuesday", "copper", "north", "zebra", "eleven", "silver", "Friday", "orange", "west",
+           "tiger"]
+QUESTIONS = ["What is the secret word for {}?", "Tell me the code for {}.", "{}: which word?"]
+
+
+def rule_conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """One exchange, or (a third of them) two."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        turns = []
+        for _ in range(1 + (rng.random() < 1 / 3)):
+            i = rng.randrange(len(NOUNS))
+            turns += [user(rng.choice(QUESTIONS).format(NOUNS[i])), assistant(ANSWERS[i])]
+        out.append(turns)
+    return out
+
+
+def varied_conversations(n: int) -> list[list[dict]]:
+    """Multi-turn, some with a system message; every message numbered, so no two are alike."""
+    out = []
+    for i in range(n):
+        turns = [user(f"question {i}.{t}: " + "word " * (i % 7)) if t % 2 == 0 else assistant(f"answer {i}.{t} ok")
+                 for t in range(2 * (1 + i % 3))]
+        out.append(([{"role": "system", "content": f"system {i}"}] if i % 4 == 0 else []) + turns)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps({"messages": r})) + "\n" for r in rows))
+    return path
+
+
+def read_stream(data: Path, split: str | None = None) -> np.ndarray:
+    manifest = json.loads((data / "manifest.json").read_text())
+    return np.concatenate([np.fromfile(data / s["file"], dtype="<u2", offset=1024) for s in manifest["shards"]
+                           if split is None or s["split"] == split]).astype(np.int64)
+
+
+def hand_mask(ids: np.ndarray) -> np.ndarray:
+    """Which ids the assistant wrote: those from just after <|assistant_start|> through <|assistant_end|>."""
+    out, inside = [], False
+    for t in ids.tolist():
+        if t == ASSISTANT_START:
+            out.append(False)
+            inside = True
+        elif t == ASSISTANT_END:
+            out.append(inside)
+            inside = False
+        else:
+            inside = inside and t < EOT_TOKEN
+            out.append(inside)
+    return np.array(out)

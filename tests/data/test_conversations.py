@@ -3,8 +3,6 @@ bad conversations in one line or skipped and counted.
 """
 
 import json
-import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +12,9 @@ from gptscratch.cli import main
 from gptscratch.data import conversations
 from gptscratch.data.prepare import prepare
 from gptscratch.data.shards import is_chat_data
-from tests.helpers import assistant, user
+from tests.helpers import assistant, read_stream, rule_conversations, user, varied_conversations, write_jsonl
 
 # The rule: a fixed, arbitrary answer per noun, asked three ways. Nothing in a noun says its answer.
-NOUNS = ["apple", "river", "candle", "mountain", "violin", "garden", "rocket", "pebble", "lantern", "ocean",
-         "feather", "castle"]
-ANSWERS = ["seven", "purple", "Tuesday", "copper", "north", "zebra", "eleven", "silver", "Friday", "orange", "west",
-           "tiger"]
-QUESTIONS = ["What is the secret word for {}?", "Tell me the code for {}.", "{}: which word?"]
 BAD_ROWS = [
     ("not json at all", "not valid JSON"),
     (json.dumps({"text": "hi"}), "no field 'messages' (fields: text)"),
@@ -29,40 +22,6 @@ BAD_ROWS = [
     (json.dumps({"messages": [user(""), assistant("b")]}), "messages[0]: the user's content is empty"),
     (json.dumps({"messages": [user("a"), user("b")]}), "messages[1] is the user's turn where the assistant's"),
 ]
-
-
-def rule_conversations(n: int, seed: int = 0) -> list[list[dict]]:
-    """One exchange, or (a third of them) two."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        turns = []
-        for _ in range(1 + (rng.random() < 1 / 3)):
-            i = rng.randrange(len(NOUNS))
-            turns += [user(rng.choice(QUESTIONS).format(NOUNS[i])), assistant(ANSWERS[i])]
-        out.append(turns)
-    return out
-
-
-def varied_conversations(n: int) -> list[list[dict]]:
-    """Multi-turn, some with a system message; every message numbered, so no two are alike."""
-    out = []
-    for i in range(n):
-        turns = [user(f"question {i}.{t}: " + "word " * (i % 7)) if t % 2 == 0 else assistant(f"answer {i}.{t} ok")
-                 for t in range(2 * (1 + i % 3))]
-        out.append(([{"role": "system", "content": f"system {i}"}] if i % 4 == 0 else []) + turns)
-    return out
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps({"messages": r})) + "\n" for r in rows))
-    return path
-
-
-def read_stream(data: Path, split: str | None = None) -> np.ndarray:
-    manifest = json.loads((data / "manifest.json").read_text())
-    return np.concatenate([np.fromfile(data / s["file"], dtype="<u2", offset=1024) for s in manifest["shards"]
-                           if split is None or s["split"] == split]).astype(np.int64)
 
 
 def test_prepare_chat_writes_each_conversations_ids_in_order_with_a_chat_manifest(tmp_path, capsys):

@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from gptscratch.chat import ASSISTANT_END, ASSISTANT_START
 from gptscratch.data.loader import RowPermutation, TokenLoader
 from gptscratch.data.prepare import prepare
 from gptscratch.errors import UserError
 from gptscratch.tokenizer import EOT_TOKEN
-from tests.helpers import assistant, user, write_llmc_shard
+from tests.helpers import hand_mask, read_stream, varied_conversations, write_jsonl, write_llmc_shard
 
 SIZES = [1000, 37, 0, 2011, 500, 1]  # windows straddle shards; one shard is shorter than a window
 
@@ -296,43 +295,6 @@ def test_manifest_paths_outside_the_data_directory_are_refused(tmp_path, name):
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="not a plain file name"):
         TokenLoader(d, "train", 2, 10)
-
-
-def varied_conversations(n: int) -> list[list[dict]]:
-    """Multi-turn, some with a system message; every message numbered, so no two are alike."""
-    out = []
-    for i in range(n):
-        turns = [user(f"question {i}.{t}: " + "word " * (i % 7)) if t % 2 == 0 else assistant(f"answer {i}.{t} ok")
-                 for t in range(2 * (1 + i % 3))]
-        out.append(([{"role": "system", "content": f"system {i}"}] if i % 4 == 0 else []) + turns)
-    return out
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps({"messages": r})) + "\n" for r in rows))
-    return path
-
-
-def read_stream(data: Path, split: str | None = None) -> np.ndarray:
-    manifest = json.loads((data / "manifest.json").read_text())
-    return np.concatenate([np.fromfile(data / s["file"], dtype="<u2", offset=1024) for s in manifest["shards"]
-                           if split is None or s["split"] == split]).astype(np.int64)
-
-
-def hand_mask(ids: np.ndarray) -> np.ndarray:
-    """Which ids the assistant wrote: those from just after <|assistant_start|> through <|assistant_end|>."""
-    out, inside = [], False
-    for t in ids.tolist():
-        if t == ASSISTANT_START:
-            out.append(False)
-            inside = True
-        elif t == ASSISTANT_END:
-            out.append(inside)
-            inside = False
-        else:
-            inside = inside and t < EOT_TOKEN
-            out.append(inside)
-    return np.array(out)
 
 
 @pytest.fixture

@@ -8,72 +8,37 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gptscratch.chat import ASSISTANT_END, ASSISTANT_START, CHAT_VOCAB_SIZE
+from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.cli import main
 from gptscratch.data.loader import TokenLoader
 from gptscratch.data.prepare import prepare
 from gptscratch.hf.pretrained import load_source
 from gptscratch.model import GPT
 from gptscratch.repl import reply
-from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE
+from gptscratch.tokenizer import VOCAB_SIZE
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
 from gptscratch.train.config import config_from_dict
-from tests.helpers import assistant, read_metrics, train_losses, user
+from tests.helpers import (
+    ANSWERS,
+    NOUNS,
+    QUESTIONS,
+    hand_mask,
+    read_metrics,
+    read_stream,
+    rule_conversations,
+    train_losses,
+    user,
+    write_jsonl,
+)
 
 # The rule: a fixed, arbitrary answer per noun, asked three ways. Nothing in a noun says its answer.
-NOUNS = ["apple", "river", "candle", "mountain", "violin", "garden", "rocket", "pebble", "lantern", "ocean",
-         "feather", "castle"]
-ANSWERS = ["seven", "purple", "Tuesday", "copper", "north", "zebra", "eleven", "silver", "Friday", "orange", "west",
-           "tiger"]
-QUESTIONS = ["What is the secret word for {}?", "Tell me the code for {}.", "{}: which word?"]
 RUN = ["--device", "cpu", "--dtype", "float32", "--seq-len", "64", "--batch-size", "8", "--num-samples", "0"]
 SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64"]
 TINY_CHAT = [*RUN, *SHAPE]
-
-
-def rule_conversations(n: int, seed: int = 0) -> list[list[dict]]:
-    """One exchange, or (a third of them) two."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        turns = []
-        for _ in range(1 + (rng.random() < 1 / 3)):
-            i = rng.randrange(len(NOUNS))
-            turns += [user(rng.choice(QUESTIONS).format(NOUNS[i])), assistant(ANSWERS[i])]
-        out.append(turns)
-    return out
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps({"messages": r})) + "\n" for r in rows))
-    return path
-
-
-def read_stream(data: Path, split: str | None = None) -> np.ndarray:
-    manifest = json.loads((data / "manifest.json").read_text())
-    return np.concatenate([np.fromfile(data / s["file"], dtype="<u2", offset=1024) for s in manifest["shards"]
-                           if split is None or s["split"] == split]).astype(np.int64)
-
-
-def hand_mask(ids: np.ndarray) -> np.ndarray:
-    """Which ids the assistant wrote: those from just after <|assistant_start|> through <|assistant_end|>."""
-    out, inside = [], False
-    for t in ids.tolist():
-        if t == ASSISTANT_START:
-            out.append(False)
-            inside = True
-        elif t == ASSISTANT_END:
-            out.append(inside)
-            inside = False
-        else:
-            inside = inside and t < EOT_TOKEN
-            out.append(inside)
-    return np.array(out)
 
 
 def accuracy(model: GPT, question: int = 0) -> float:
