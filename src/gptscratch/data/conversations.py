@@ -35,6 +35,7 @@ from gptscratch.data.sources import (
     hub_revision,
     load_hf_dataset,
     local_files,
+    parquet_column,
 )
 from gptscratch.errors import UserError
 
@@ -97,22 +98,8 @@ def _jsonl_rows(path: Path, errors: str) -> Iterator[str]:
 
 
 def _parquet_rows(path: Path, field: str) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise UserError(f"{path}: reading parquet needs pyarrow (pip install 'gptscratch[data]')") from e
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises its own error types for corrupt files
-        raise UserError(f"{path}: not a readable parquet file ({e})") from e
-    if field not in pf.schema_arrow.names:
-        raise UserError(f"{path}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
-                        "choose one with --text-field")
-    index = 0
-    for batch in pf.iter_batches(columns=[field], batch_size=1024):
-        for messages in batch.column(0).to_pylist():
-            yield json.dumps({"at": f"{path} row {index}", "messages": messages})
-            index += 1
+    for index, messages in enumerate(parquet_column(path, field)):
+        yield json.dumps({"at": f"{path} row {index}", "messages": messages})
 
 
 def _local(spec: str, field: str, errors: str, seed: int | None) -> Source:

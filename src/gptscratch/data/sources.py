@@ -311,7 +311,9 @@ def iter_csv(path: Path, text_field: str, errors: str) -> Iterator[str]:
             yield row[text_field] or ""
 
 
-def iter_parquet(path: Path, text_field: str) -> Iterator[str]:
+def parquet_column(path: Path, field: str) -> Iterator[Any]:
+    """The values of one column of a parquet file, in order, read a batch at a time (text, or `prepare --chat`'s
+    messages lists); a missing pyarrow, a damaged file or a missing column is one line."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -320,12 +322,16 @@ def iter_parquet(path: Path, text_field: str) -> Iterator[str]:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises its own error types for corrupt files
         raise UserError(f"{path}: not a readable parquet file ({e})") from e
-    if text_field not in pf.schema_arrow.names:
-        raise UserError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+    if field not in pf.schema_arrow.names:
+        raise UserError(f"{path}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
                         "choose one with --text-field")
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            yield _as_text(text, text_field, str(path))
+    for batch in pf.iter_batches(columns=[field], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+
+def iter_parquet(path: Path, text_field: str) -> Iterator[str]:
+    for text in parquet_column(path, text_field):
+        yield _as_text(text, text_field, str(path))
 
 
 def iter_file(path: Path, text_field: str, split_docs_on: str | None, errors: str) -> Iterator[str]:
