@@ -68,7 +68,8 @@ def test_train_sample_and_eval_pass_their_dtype_on(monkeypatch, tmp_path, hf_tin
     assert len(seen) > 6 and set(seen) == {torch.bfloat16}
     # sample (default float32) and eval hellaswag (default auto) under theirs
     for command_module in (generate, evaluate):  # where sample and eval load their model
-        monkeypatch.setattr(command_module, "load_model_arg", lambda *a: spied(real_load(*a), seen))
+        monkeypatch.setattr(command_module, "load_model_arg",
+                            lambda *a: (lambda model, tok: (spied(model, seen), tok))(*real_load(*a)))
     auto = precision.autocast_dtype("auto", torch.device("cpu"))
     commands = ((["sample", "--max-new-tokens", "2"], None), (["eval", "hellaswag", "--file", str(hs)], auto))
     for command, default in commands:

@@ -7,8 +7,9 @@ token, so any string round-trips exactly.
 
 A tokenizer directory holds two files: `ranks.tiktoken`, tiktoken's own format (a base64 token and its rank per
 line, what `tiktoken.load.load_tiktoken_bpe` reads), and `manifest.json` with the split pattern, the special
-tokens and their ids, and the ranks file's sha256, which every load checks. The special tokens take the ids
-right after the merges and are never learned: the text they are cut out of is trained as separate pieces.
+tokens and their ids, and the ranks file's sha256, which every load checks (tokenizer.py loads it, for every
+command). The special tokens take the ids right after the merges and are never learned: the text they are cut
+out of is trained as separate pieces. Use it end to end with `gptscratch prepare CORPUS --tokenizer DIR`.
 """
 
 from __future__ import annotations
@@ -30,18 +31,23 @@ import tiktoken
 from gptscratch.data.sources import open_source
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, write_json
-from gptscratch.tokenizer import GPT2_PATTERN, get_encoding
+from gptscratch.tokenizer import (
+    GPT2_PATTERN,
+    MANIFEST,
+    MAX_VOCAB,
+    RANKS_FILE,
+    SPECIAL_TOKENS,
+    encoding,
+    get_encoding,
+    load_trained,
+)
 
 # GPT-4's split pattern with digits in groups of one or two, as nanochat trains it: a small vocabulary
 # spends fewer ids on numbers than with GPT-4's groups of three.
 GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
-SPECIAL_TOKENS = ("<|endoftext|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>")
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, then the special tokens
-MAX_VOCAB = 65_536  # ids must fit the uint16 token shards prepare writes
-RANKS_FILE = "ranks.tiktoken"
-MANIFEST = "manifest.json"
 FORMAT = 1
 INSTALL_HINT = "pip install 'gptscratch[tokenizer]'"
 
@@ -109,11 +115,6 @@ def train(spec: str, vocab_size: int, pattern: str = "gpt4", max_chars: int = 10
     return encoding(manifest, ranks), manifest
 
 
-def encoding(manifest: dict, ranks: dict[bytes, int]) -> tiktoken.Encoding:
-    return tiktoken.Encoding(manifest["name"], pat_str=manifest["pattern"], mergeable_ranks=ranks,
-                             special_tokens=manifest["special_tokens"], explicit_n_vocab=manifest["vocab_size"])
-
-
 def ranks_bytes(ranks: dict[bytes, int]) -> bytes:
     """tiktoken's file format for mergeable ranks, in rank order."""
     return b"".join(base64.b64encode(token) + b" %d\n" % rank
@@ -132,47 +133,12 @@ def save(enc: tiktoken.Encoding, manifest: dict, out: Path) -> dict:
     return manifest
 
 
-# --- loading -------------------------------------------------------------------------------------
+# --- loading ---------------------------------------------------------------------------------------
 
 
 def load(path: str | Path) -> tiktoken.Encoding:
     """The tokenizer saved in directory `path`, its ranks checked against the manifest's sha256."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: not a directory; expected one written by `gptscratch tokenizer train`")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        data = (path / RANKS_FILE).read_bytes()
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: incomplete, no {Path(e.filename).name}; "
-                        f"expected {MANIFEST} and {RANKS_FILE}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path / MANIFEST}: not readable JSON ({e})") from None
-    keys = ("name", "vocab_size", "pattern", "special_tokens", "ranks_sha256")
-    if not isinstance(manifest, dict) or any(k not in manifest for k in keys):
-        raise UserError(f"{path / MANIFEST}: incomplete; expected the fields {', '.join(keys)}")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest["ranks_sha256"]:
-        raise UserError(f"{path / RANKS_FILE}: sha256 {digest[:12]}… differs from the manifest's "
-                        f"{str(manifest['ranks_sha256'])[:12]}…; the file was changed or damaged")
-    ranks = parse_ranks(data, path / RANKS_FILE)
-    ids = sorted([*ranks.values(), *manifest["special_tokens"].values()])
-    if ids != list(range(manifest["vocab_size"])):
-        raise UserError(f"{path}: ids are not 0..{manifest['vocab_size'] - 1} each once; expected a tokenizer "
-                        "directory written by `gptscratch tokenizer train`")
-    return encoding(manifest, ranks)
-
-
-def parse_ranks(data: bytes, where: Path) -> dict[bytes, int]:
-    # read here rather than through tiktoken.load, whose cache is keyed by path and could hand back a stale copy
-    ranks = {}
-    for lineno, line in enumerate(data.splitlines(), 1):
-        try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except ValueError:
-            raise UserError(f"{where}:{lineno}: expected a base64 token and its rank") from None
-    return ranks
+    return load_trained(path).enc
 
 
 # --- evaluation ----------------------------------------------------------------------------------

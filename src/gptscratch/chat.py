@@ -25,7 +25,6 @@ This module loads no torch: `prepare --chat` and its worker processes import it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -33,12 +32,12 @@ import numpy as np
 import tiktoken
 
 from gptscratch.errors import UserError
-from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+from gptscratch.tokenizer import CHAT_VOCAB_SIZE, EOT_TOKEN, VOCAB_SIZE, Tokenizer, gpt2
 
+# GPT-2's chat tokens; a trained tokenizer has the same four right after its own <|endoftext|> (Tokenizer.user_start...)
 USER_START, USER_END, ASSISTANT_START, ASSISTANT_END = range(VOCAB_SIZE, VOCAB_SIZE + 4)
 CHAT_TOKENS = {"<|user_start|>": USER_START, "<|user_end|>": USER_END, "<|assistant_start|>": ASSISTANT_START,
                "<|assistant_end|>": ASSISTANT_END}
-CHAT_VOCAB_SIZE = VOCAB_SIZE + len(CHAT_TOKENS)  # 50261
 ROLES = ("system", "user", "assistant")
 
 
@@ -103,62 +102,62 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _encode(turns_: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
-    enc = get_encoding()
-    ids, mask = [EOT_TOKEN], [0]
+def _encode(turns_: Sequence[tuple[str, str]], tok: Tokenizer | None) -> tuple[list[int], list[int]]:
+    tok = tok or gpt2(chat=True)
+    ids, mask = [tok.eot], [0]
     for role, text in turns_:
-        body = enc.encode_ordinary(text)
+        body = tok.enc.encode_ordinary(text)
         if role == "user":
-            ids += [USER_START, *body, USER_END]
+            ids += [tok.user_start, *body, tok.user_end]
             mask += [0] * (len(body) + 2)
         else:
-            ids += [ASSISTANT_START, *body, ASSISTANT_END]
+            ids += [tok.assistant_start, *body, tok.assistant_end]
             mask += [0] + [1] * (len(body) + 1)
     return ids, mask
 
 
-def encode_conversation(messages: Any) -> tuple[list[int], list[int]]:
-    """(ids, mask) of a conversation that ends with the assistant's reply: the mask is 1 exactly on the tokens
-    the assistant writes (its text and its `<|assistant_end|>`). A bad conversation raises ChatFormatError."""
-    return _encode(turns(messages, "assistant"))
+def encode_conversation(messages: Any, tok: Tokenizer | None = None) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation that ends with the assistant's reply, in `tok` (GPT-2's by default): the mask
+    is 1 exactly on the tokens the assistant writes (its text and its `<|assistant_end|>`). A bad conversation
+    raises ChatFormatError."""
+    return _encode(turns(messages, "assistant"), tok)
 
 
-def render_prompt(messages: Any) -> list[int]:
+def render_prompt(messages: Any, tok: Tokenizer | None = None) -> list[int]:
     """The ids that ask a chat model for the next reply: the conversation up to the user's last message, then
-    `<|assistant_start|>`. The reply ends with `<|assistant_end|>` (ASSISTANT_END: generation's stop token)."""
-    ids, _ = _encode(turns(messages, "user"))
-    return [*ids, ASSISTANT_START]
+    `<|assistant_start|>`. The reply ends with `<|assistant_end|>` (generation's stop token)."""
+    tok = tok or gpt2(chat=True)
+    ids, _ = _encode(turns(messages, "user"), tok)
+    return [*ids, tok.assistant_start]
 
 
-def assistant_mask(ids: np.ndarray, inside: bool | np.ndarray = False) -> np.ndarray:
+def assistant_mask(ids: np.ndarray, inside: bool | np.ndarray = False, eot: int = EOT_TOKEN) -> np.ndarray:
     """Which of `ids` (1-D, or 2-D rows) the assistant writes: those whose last preceding chat token (or
-    `<|endoftext|>`) is `<|assistant_start|>`. `inside` says whether the ids before the first such token are
-    inside an assistant turn: a row cut from the middle of a conversation (one per row for 2-D `ids`)."""
+    `<|endoftext|>`, id `eot`: the chat tokens follow it) is `<|assistant_start|>`. `inside` says whether the ids
+    before the first such token are inside an assistant turn: a row cut from the middle of a conversation (one per
+    row for 2-D `ids`)."""
     ids = np.asarray(ids)
     n = ids.shape[-1]
-    marks = np.where(ids >= EOT_TOKEN, np.arange(n), -1)  # <|endoftext|> and the chat tokens
+    marks = np.where(ids >= eot, np.arange(n), -1)  # <|endoftext|> and the chat tokens
     last = np.maximum.accumulate(marks, axis=-1)  # the last mark at or before each position
     before = np.concatenate([np.full((*ids.shape[:-1], 1), -1), last[..., :-1]], axis=-1)  # strictly before
     kind = np.take_along_axis(ids, np.maximum(before, 0), axis=-1)
     inside = np.asarray(inside, dtype=bool)
-    return np.where(before >= 0, kind == ASSISTANT_START, inside[..., None] if inside.ndim else inside)
+    return np.where(before >= 0, kind == eot + 3, inside[..., None] if inside.ndim else inside)
 
 
-@functools.lru_cache(maxsize=1)
 def get_chat_encoding() -> tiktoken.Encoding:
-    """GPT-2's BPE that also knows the chat tokens, for decoding a chat model's ids (tiktoken's documented way
-    to extend an Encoding with special tokens)."""
-    base = get_encoding()
-    return tiktoken.Encoding(name="gpt2-chat", pat_str=base._pat_str, mergeable_ranks=base._mergeable_ranks,
-                             special_tokens={**base._special_tokens, **CHAT_TOKENS}, explicit_n_vocab=CHAT_VOCAB_SIZE)
+    """GPT-2's BPE that also knows the chat tokens, for decoding a chat model's ids."""
+    return gpt2(chat=True).enc
 
 
-def decode_reply(ids: Sequence[int]) -> str:
-    """The text of a generated reply: the ids up to its `<|assistant_end|>`, chat tokens left out."""
+def decode_reply(ids: Sequence[int], tok: Tokenizer | None = None) -> str:
+    """The text of a generated reply: the ids up to its `<|assistant_end|>`, special tokens left out."""
+    tok = tok or gpt2(chat=True)
     ids = list(ids)
-    if ASSISTANT_END in ids:
-        ids = ids[:ids.index(ASSISTANT_END)]
-    return get_encoding().decode([i for i in ids if i < EOT_TOKEN])
+    if tok.assistant_end in ids:
+        ids = ids[:ids.index(tok.assistant_end)]
+    return tok.enc.decode([i for i in ids if i < tok.eot])
 
 
 def is_chat_model(config: Any) -> bool:
@@ -166,9 +165,10 @@ def is_chat_model(config: Any) -> bool:
     return config.vocab_size == CHAT_VOCAB_SIZE
 
 
-def check_chat_model(config: Any, source: str) -> None:
-    """Refuse, in one line, a model that never learned the chat tokens (a base GPT-2, say)."""
-    if not is_chat_model(config):
-        raise UserError(f"{source}: not a chat model (its vocabulary is {config.vocab_size} tokens, without the chat "
+def check_chat_model(tok: Tokenizer, source: str) -> None:
+    """Refuse, in one line, a model whose tokenizer has no chat tokens (a base GPT-2, say). A trained tokenizer
+    always has them, so its models are accepted whether or not they were fine-tuned on conversations."""
+    if not tok.chat:
+        raise UserError(f"{source}: not a chat model (its vocabulary is {tok.vocab_size} tokens, without the chat "
                         "tokens); make one with `gptscratch train --preset sft --init-from MODEL --data DIR` on "
                         "conversations from `gptscratch prepare CORPUS --chat --out DIR`")

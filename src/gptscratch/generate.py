@@ -16,13 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from gptscratch.chat import get_chat_encoding, is_chat_model
+from gptscratch.chat import is_chat_model
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
-from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+from gptscratch.tokenizer import VOCAB_SIZE
 
 # Below this temperature sampling is greedy, as OpenAI's API treats 0. softmax(logits / T) is already one-hot
 # there for any gap between the top two logits above 1e-3 (e^-100), and a far smaller T would overflow float32
@@ -146,10 +146,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise UserError("--max-new-tokens and --num-samples must be at least 1")
     device = pick_device(args.device)
-    model = load_model_arg(args, device)
+    model, tokenizer = load_model_arg(args, device)
     amp = autocast_dtype(args.dtype, device)
     # a chat model may sample chat tokens, shown by name; its prompt may hold them too
-    enc = get_chat_encoding() if is_chat_model(model.config) else get_encoding()
+    enc = tokenizer.enc
     prompt = enc.encode(args.prompt, allowed_special=enc.special_tokens_set)
     if not prompt:
         raise UserError("--prompt encodes to no tokens; give some text (or '<|endoftext|>' to start fresh)")
@@ -165,14 +165,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         def stream(tok: torch.Tensor, decoder=decoder) -> None:
             t = int(tok[0])
-            if t != EOT_TOKEN:
+            if t != tokenizer.eot:
                 out.write(decoder.decode(enc.decode_single_token_bytes(t)))
                 out.flush()
 
         idx = torch.tensor([prompt], dtype=torch.long, device=device)
         generate(
             model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            generator=gen, stop_token=None if args.no_stop else EOT_TOKEN, on_token=stream, amp=amp,
+            generator=gen, stop_token=None if args.no_stop else tokenizer.eot, on_token=stream, amp=amp,
         )
         out.write(decoder.decode(b"", final=True) + "\n")
         out.flush()

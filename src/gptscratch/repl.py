@@ -16,27 +16,27 @@ from typing import TextIO
 
 import torch
 
-from gptscratch.chat import ASSISTANT_END, check_chat_model, decode_reply, render_prompt
+from gptscratch.chat import check_chat_model, decode_reply, render_prompt
 from gptscratch.device import pick_device
 from gptscratch.errors import UserError
 from gptscratch.generate import check_sampling, generate
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg, model_name
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from gptscratch.tokenizer import Tokenizer, gpt2
 
 Message = dict[str, str]
 HELP = "/new starts a new conversation, /quit (or Ctrl-D) ends"
 
 
-def fit(messages: list[Message], context: int, room: int) -> list[Message] | None:
+def fit(messages: list[Message], context: int, room: int, tok: Tokenizer | None = None) -> list[Message] | None:
     """The newest part of `messages` whose prompt leaves `room` tokens for the reply within `context`: whole
     user-assistant exchanges dropped from the start, a system message kept; None when the last message alone
     does not fit."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     rest = messages[len(system):]
     while rest:
-        if len(render_prompt(system + rest)) + room <= context:
+        if len(render_prompt(system + rest, tok)) + room <= context:
             return system + rest
         rest = rest[2:]
     return None
@@ -44,29 +44,32 @@ def fit(messages: list[Message], context: int, room: int) -> list[Message] | Non
 
 def reply(model: GPT, messages: list[Message], max_new_tokens: int, temperature: float = 0.0,
           top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-          amp: torch.dtype | None = None, on_text: Callable[[str], None] | None = None) -> str:
+          amp: torch.dtype | None = None, on_text: Callable[[str], None] | None = None,
+          tok: Tokenizer | None = None) -> str:
     """The assistant's next reply to `messages` (ending with the user's), sampled until `<|assistant_end|>` or
-    `max_new_tokens`; `on_text` gets its text as it comes (multi-byte characters whole)."""
-    prompt = render_prompt(messages)
+    `max_new_tokens`; `on_text` gets its text as it comes (multi-byte characters whole). `tok`: the model's
+    tokenizer (GPT-2's with the chat tokens by default)."""
+    tok = tok or gpt2(chat=True)
+    prompt = render_prompt(messages, tok)
     device = model.lm_head.weight.device
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    enc = get_encoding()
 
-    def stream(tok: torch.Tensor) -> None:
-        t = int(tok[0])
-        if on_text is not None and t < EOT_TOKEN:  # chat tokens are no text
-            on_text(decoder.decode(enc.decode_single_token_bytes(t)))
+    def stream(ids: torch.Tensor) -> None:
+        t = int(ids[0])
+        if on_text is not None and t < tok.eot:  # special tokens are no text
+            on_text(decoder.decode(tok.enc.decode_single_token_bytes(t)))
 
     out = generate(model, torch.tensor([prompt], device=device), max_new_tokens, temperature=temperature,
-                   top_k=top_k, top_p=top_p, generator=generator, stop_token=ASSISTANT_END, on_token=stream, amp=amp)
+                   top_k=top_k, top_p=top_p, generator=generator, stop_token=tok.assistant_end, on_token=stream,
+                   amp=amp)
     if on_text is not None:
         on_text(decoder.decode(b"", final=True))
-    return decode_reply(out[0, len(prompt):].tolist())
+    return decode_reply(out[0, len(prompt):].tolist(), tok)
 
 
 def talk(model: GPT, stdin: TextIO, stdout: TextIO, *, system: str | None = None, max_new_tokens: int = 256,
          temperature: float = 0.6, top_k: int | None = 50, top_p: float | None = None, seed: int = 1337,
-         amp: torch.dtype | None = None, interactive: bool = False) -> int:
+         amp: torch.dtype | None = None, interactive: bool = False, tok: Tokenizer | None = None) -> int:
     """Read a line, answer it, until end of input; `interactive` (a terminal): a `> ` prompt and line editing."""
     context = model.config.block_size
     start: list[Message] = [{"role": "system", "content": system}] if system else []
@@ -99,14 +102,14 @@ def talk(model: GPT, stdin: TextIO, stdout: TextIO, *, system: str | None = None
         if not text.strip():
             continue
         room = min(max_new_tokens, max(1, context // 2))  # a long conversation still leaves room for a reply
-        fitted = fit([*messages, {"role": "user", "content": text}], context, room)
+        fitted = fit([*messages, {"role": "user", "content": text}], context, room, tok)
         if fitted is None:
             write(f"(that message is longer than the model's context of {context} tokens allows; try a shorter one)\n")
             continue
         messages = fitted
-        budget = min(max_new_tokens, context - len(render_prompt(messages)))
+        budget = min(max_new_tokens, context - len(render_prompt(messages, tok)))
         try:
-            answer = reply(model, messages, budget, temperature, top_k, top_p, generator, amp, on_text=write)
+            answer = reply(model, messages, budget, temperature, top_k, top_p, generator, amp, on_text=write, tok=tok)
         except KeyboardInterrupt:
             write("\n(stopped)\n")
             messages.pop()  # the exchange never finished: the next turn starts from the last whole one
@@ -130,14 +133,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.system is not None and not args.system.strip():
         raise UserError("--system: the system message is empty; give some text or leave it out")
     device = pick_device(args.device)
-    model = load_model_arg(args, device)
-    check_chat_model(model.config, f"--{'hf' if args.hf else 'ckpt'} {args.hf or args.ckpt}")
+    model, tok = load_model_arg(args, device)
+    check_chat_model(tok, f"--{'hf' if args.hf else 'ckpt'} {args.hf or args.ckpt}")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {model_name(args)} ({model.config.block_size}-token context); {HELP}", file=sys.stderr)
     return talk(model, sys.stdin, sys.stdout, system=args.system, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                amp=autocast_dtype(args.dtype, device), interactive=interactive)
+                amp=autocast_dtype(args.dtype, device), interactive=interactive, tok=tok)
 
 
 def register(sub) -> None:

@@ -19,7 +19,7 @@ from gptscratch.data.prepare import prepare
 from gptscratch.hf.pretrained import load_source
 from gptscratch.model import GPT
 from gptscratch.repl import reply
-from gptscratch.tokenizer import VOCAB_SIZE
+from gptscratch.tokenizer import VOCAB_SIZE, gpt2
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model
 from gptscratch.train.config import config_from_dict
 from tests.helpers import (
@@ -102,7 +102,7 @@ def test_sft_from_a_base_model_starts_its_chat_rows_as_typical_tokens_of_the_bas
     base = load_model(runs / "base")
     cfg = config_from_dict(load_checkpoint(find_checkpoint(runs / "from-base")).config)
     torch.manual_seed(cfg.seed)  # the run's generator, as `train` seeds it
-    start = load_source(cfg)  # what the run started from, rebuilt from the base
+    start = load_source(cfg, gpt2(chat=True))  # what the run started from, rebuilt from the base
     wte, base_wte = start.transformer.wte.weight.detach(), base.transformer.wte.weight.detach()
     assert start.config.vocab_size == CHAT_VOCAB_SIZE and base.config.vocab_size == VOCAB_SIZE
     assert torch.equal(wte[:VOCAB_SIZE], base_wte[:VOCAB_SIZE])

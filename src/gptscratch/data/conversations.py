@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gptscratch.chat import CHAT_TOKENS, CHAT_VOCAB_SIZE, ChatFormatError, encode_conversation
+from gptscratch.chat import ChatFormatError, encode_conversation
 from gptscratch.data.shards import safe_name
 from gptscratch.data.sources import (
     Source,
@@ -38,21 +38,25 @@ from gptscratch.data.sources import (
     parquet_column,
 )
 from gptscratch.errors import UserError
+from gptscratch.tokenizer import SPECIAL_TOKENS, Tokenizer, gpt2, load_trained
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 DEFAULT_FIELD = "messages"
 
 
-def encode_conversations(rows: list[str], field: str, skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
+def encode_conversations(rows: list[str], field: str, skip_bad: bool,
+                         tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """prepare's `encode_batch` for conversations: the ids of every row (each opening with <|endoftext|>) as one
-    uint16 array, and each row's count, 0 for a bad row skipped."""
+    uint16 array, and each row's count, 0 for a bad row skipped. `tokenizer`: a trained tokenizer's directory,
+    else GPT-2's with the chat tokens."""
+    tok = load_trained(tokenizer) if tokenizer else gpt2(chat=True)
     chunks, lengths = [], []
     for row in rows:
         where, messages = _unpack(row, field)
         try:
             if isinstance(messages, ChatFormatError):
                 raise messages
-            ids, _ = encode_conversation(messages)
+            ids, _ = encode_conversation(messages, tok)
         except ChatFormatError as e:
             if not skip_bad:
                 raise UserError(f"{where}: {e} (or pass --skip-bad to leave such rows out)") from None
@@ -79,9 +83,10 @@ def _unpack(row: str, field: str) -> tuple[str, Any]:
     return where, value[field]
 
 
-def chat_manifest(rows: int, conversations: int) -> dict:
-    """What a chat corpus's manifest adds: its vocabulary, and how many rows it kept and skipped."""
-    return {"tokens": {**CHAT_TOKENS}, "vocab_size": CHAT_VOCAB_SIZE, "conversations": conversations,
+def chat_manifest(rows: int, conversations: int, tok: Tokenizer) -> dict:
+    """What a chat corpus's manifest adds: its chat tokens and vocabulary, and how many rows it kept and skipped."""
+    tokens = {name: tok.enc.encode_single_token(name) for name in SPECIAL_TOKENS[1:]}
+    return {"tokens": tokens, "vocab_size": tok.vocab_size, "conversations": conversations,
             "skipped": rows - conversations,
             "mask": "ids only: the assistant's tokens are those after <|assistant_start|> up to and including "
                     "<|assistant_end|> (gptscratch.chat.assistant_mask)"}

@@ -57,10 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptscratch.chat import ASSISTANT_START, CHAT_VOCAB_SIZE, assistant_mask
-from gptscratch.data.shards import ShardInfo, find_shards, is_chat_data, open_shard
+from gptscratch.chat import assistant_mask
+from gptscratch.data.shards import ShardInfo, data_tokenizer, find_shards, is_chat_data, open_shard
 from gptscratch.errors import UserError
-from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
 SHUFFLE_MODES = ("rows", "shards", "none")
 OPEN_SHARDS = 2  # a window spans at most two shards unless shards are shorter than a window
@@ -134,7 +133,8 @@ class TokenLoader:
         self.seed = 0 if seed is None and self.shuffle != "none" else seed  # every rank must draw the same order
         self.shards: list[ShardInfo] = find_shards(self.data_dir, split)
         self.chat = is_chat_data(self.data_dir)
-        self.vocab_size = CHAT_VOCAB_SIZE if self.chat else VOCAB_SIZE
+        self.tokenizer = data_tokenizer(self.data_dir)
+        self.vocab_size = self.tokenizer.vocab_size
         if self.chat and self.shuffle == "shards":
             raise UserError(f"{self.data_dir}: chat data is read with --shuffle rows (or none); shards order would "
                             "join conversations of different shards")
@@ -179,7 +179,7 @@ class TokenLoader:
             x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.int64))
             y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:], dtype=np.int64))
             if self.chat:
-                y[~torch.from_numpy(assistant_mask(rows, self._inside(starts))[:, 1:])] = -1
+                y[~torch.from_numpy(assistant_mask(rows, self._inside(starts), self.tokenizer.eot)[:, 1:])] = -1
         else:
             epoch, index = divmod(batch, self.windows_per_epoch)
             tokens = self._read(epoch, index * self.window, self.window + 1)
@@ -187,7 +187,7 @@ class TokenLoader:
             x = buf[:-1].view(self.batch_size, self.seq_len)
             y = buf[1:].view(self.batch_size, self.seq_len)
             if self.chat:  # `none` order: the stream is the name-order stream the marks index
-                mask = assistant_mask(tokens, self._inside(np.array([index * self.window]))[0])
+                mask = assistant_mask(tokens, self._inside(np.array([index * self.window]))[0], self.tokenizer.eot)
                 y = y.masked_fill(~torch.from_numpy(mask[1:]).view(self.batch_size, self.seq_len), -1)
         self.step += 1
         return x, y
@@ -242,7 +242,7 @@ class TokenLoader:
         positions, ids = [], []
         for shard in range(len(self.shards)):
             tokens = self._tokens(shard)
-            here = np.flatnonzero(tokens >= EOT_TOKEN)
+            here = np.flatnonzero(tokens >= self.tokenizer.eot)
             positions.append(here + self._stream_starts[shard])
             ids.append(np.asarray(tokens[here]))
         return np.concatenate(positions), np.concatenate(ids)
@@ -250,7 +250,7 @@ class TokenLoader:
     def _inside(self, starts: np.ndarray) -> np.ndarray:
         """Whether each stream position lies inside an assistant turn: the chat token before it opens one."""
         before = np.searchsorted(self._marks, starts, side="left") - 1
-        return (before >= 0) & (self._mark_ids[np.maximum(before, 0)] == ASSISTANT_START)
+        return (before >= 0) & (self._mark_ids[np.maximum(before, 0)] == self.tokenizer.assistant_start)
 
     def _read_rows(self, first: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows `first` ... `first + batch_size - 1` of the epochs' concatenated row orders, (B, T+1), and

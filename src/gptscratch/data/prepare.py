@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,14 +46,20 @@ import numpy as np
 from tqdm import tqdm
 
 from gptscratch import testing
-from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.data import conversations
 from gptscratch.data import shards as fmt
 from gptscratch.data.sources import ERROR_MODES, Source, describe_change, open_source, peek
 from gptscratch.errors import UserError
-from gptscratch.io import file_sha256, write_json, writing
+from gptscratch.io import atomic_dir, file_sha256, write_json, writing
 from gptscratch.paths import DEFAULT_DATA
-from gptscratch.tokenizer import ENCODER_JSON_SHA256, EOT_TOKEN, VOCAB_BPE_SHA256, VOCAB_SIZE, get_encoding
+from gptscratch.tokenizer import (
+    ENCODER_JSON_SHA256,
+    TOKENIZER_DIR,
+    VOCAB_BPE_SHA256,
+    Tokenizer,
+    gpt2,
+    load_trained,
+)
 
 DEFAULT_SHARD_TOKENS = 10**8
 VAL_PERCENT = 10
@@ -80,6 +87,7 @@ class PrepareOptions:
     overwrite: bool = False  # replace an earlier prepare in the directory, finished or not
     chat: bool = False  # conversations (data/conversations.py), not text
     skip_bad: bool = False  # --chat: leave out bad conversations (counted) instead of stopping
+    tokenizer: str | None = None  # a directory from `gptscratch tokenizer train`; default GPT-2's BPE
 
 
 def default_workers() -> int:
@@ -92,14 +100,20 @@ def default_workers() -> int:
 # --- tokenizing --------------------------------------------------------------------------------
 
 
-def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def tokenizer_for(directory: str | None, chat: bool = False) -> Tokenizer:
+    """--tokenizer's (loaded once per process: workers call this for every batch), else GPT-2's."""
+    return load_trained(directory) if directory else gpt2(chat)
+
+
+def encode_batch(texts: list[str], tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The tokens of `texts`, each preceded by <|endoftext|>, as one uint16 array, plus each
-    document's token count. Empty or whitespace-only texts give no tokens at all (count 0)."""
-    enc = get_encoding()
-    ids = [enc.encode_ordinary(t) if t and not t.isspace() else None for t in texts]
+    document's token count. Empty or whitespace-only texts give no tokens at all (count 0).
+    `tokenizer`: a trained tokenizer's directory (a path, which pickles small for the workers), else GPT-2's."""
+    tok = tokenizer_for(tokenizer)
+    ids = [tok.enc.encode_ordinary(t) if t and not t.isspace() else None for t in texts]
     lengths = np.fromiter((0 if x is None else len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     # one pass from the Python lists into a preallocated uint16 array, no intermediate int64 array
-    stream = itertools.chain.from_iterable(itertools.chain((EOT_TOKEN,), x) for x in ids if x is not None)
+    stream = itertools.chain.from_iterable(itertools.chain((tok.eot,), x) for x in ids if x is not None)
     return np.fromiter(stream, dtype=np.uint16, count=int(lengths.sum())), lengths
 
 
@@ -121,11 +135,10 @@ Encode = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 def _encoded(documents: Iterable[str], workers: int, encode: Encode) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """`encode` (encode_batch, or the chat one) over the batched documents, in order, on `workers` processes
-    (1: in-process)."""
+    (1: in-process). The tokenizer is loaded before this (prepare does), so forked workers inherit it."""
     if workers == 1:
         yield from map(encode, _batches(documents))
         return
-    get_encoding()  # build it once here so forked workers inherit it
     with multiprocessing.get_context().Pool(workers) as pool:
         yield from pool.imap(encode, _batches(documents), chunksize=1)
 
@@ -140,8 +153,8 @@ class ShardWriter:
     batched arbitrarily, so a shard boundary usually falls inside a document.
     """
 
-    def __init__(self, out: Path, name: str, shard_tokens: int, val_tokens: int | None, state: dict):
-        self.out, self.name, self.shard_tokens = out, name, shard_tokens
+    def __init__(self, out: Path, name: str, shard_tokens: int, val_tokens: int | None, state: dict, eot: int):
+        self.out, self.name, self.shard_tokens, self.eot = out, name, shard_tokens, eot
         self.state = state
         if "val_tokens" not in state and val_tokens is not None:
             state["val_tokens"] = val_tokens
@@ -215,7 +228,7 @@ class ShardWriter:
         digest = fmt.write_shard(self.out / filename, tokens)
         self.shards.append({
             "file": filename, "split": split, "tokens": len(tokens),
-            "documents": int(np.count_nonzero(tokens == EOT_TOKEN)),  # documents that start here
+            "documents": int(np.count_nonzero(tokens == self.eot)),  # documents that start here
             "sha256": digest, "next_doc": next_doc, "next_skip": next_skip,
         })
         self.written += len(tokens)
@@ -263,6 +276,8 @@ def _discard(out: Path, record: dict) -> None:
         for file in files:
             if Path(file).name == file:  # a name inside `out`, whatever a damaged record says
                 (out / file).unlink(missing_ok=True)
+        if isinstance(record.get("tokenizer"), dict) and "ranks_sha256" in record["tokenizer"]:
+            shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)  # the copy this prepare made
         (out / STATE_FILE).unlink(missing_ok=True)
 
 
@@ -333,7 +348,7 @@ def _tidied_on_failure(out: Path, made: list[Path]) -> Iterator[None]:
         raise
 
 
-def _manifest(source: Source, settings: dict, state: dict, command: str, documents: int) -> dict:
+def _manifest(source: Source, settings: dict, state: dict, command: str, documents: int, tok: Tokenizer) -> dict:
     shards = [{k: s[k] for k in ("file", "split", "tokens", "documents", "sha256")} for s in state["shards"]]
     splits = {}
     for split in ("val", "train"):
@@ -345,8 +360,8 @@ def _manifest(source: Source, settings: dict, state: dict, command: str, documen
         "name": settings["name"],
         # what the shards came from, with the number of documents (empty ones included) it yielded
         "source": {"spec": source.spec, **source.info, "fingerprint": {**state["source"], "documents": documents}},
-        "tokenizer": {"name": "gpt2", "vocab_bpe_sha256": VOCAB_BPE_SHA256, "encoder_json_sha256": ENCODER_JSON_SHA256,
-                      "eot_token": EOT_TOKEN, "vocab_size": VOCAB_SIZE},
+        "tokenizer": tok.record() if tok.sha256 else {
+            **tok.record(), "vocab_bpe_sha256": VOCAB_BPE_SHA256, "encoder_json_sha256": ENCODER_JSON_SHA256},
         "settings": settings,
         "val_tokens": state["val_tokens"],
         "split_rule": "val = the first val_tokens tokens of the (shuffled if seed) document stream, train = the rest",
@@ -379,11 +394,14 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     if opts.skip_bad and not opts.chat:
         raise UserError("--skip-bad: only with --chat (it leaves out bad conversations)")
     text_field = opts.text_field or (conversations.DEFAULT_FIELD if opts.chat else "text")
-    encode: Encode = encode_batch
+    tok = tokenizer_for(opts.tokenizer, opts.chat)  # a bad --tokenizer fails here, before the source opens
+    tok_dir = str(tok.path) if tok.path else None
+    encode: Encode = functools.partial(encode_batch, tokenizer=tok_dir)
     if opts.chat:
         src = conversations.open_conversations(source, field=text_field, errors=opts.errors,
                                                streaming=opts.streaming, seed=opts.seed)
-        encode = functools.partial(conversations.encode_conversations, field=text_field, skip_bad=opts.skip_bad)
+        encode = functools.partial(conversations.encode_conversations, field=text_field, skip_bad=opts.skip_bad,
+                                   tokenizer=tok_dir)
     else:
         src = open_source(source, text_field=text_field, split_docs_on=opts.split_docs_on, errors=opts.errors,
                           subset=opts.subset, streaming=opts.streaming, seed=opts.seed)
@@ -400,6 +418,8 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
                 "streaming": opts.streaming, "vocab_bpe_sha256": VOCAB_BPE_SHA256}
     if opts.chat:  # only then: a text corpus prepared before --chat existed keeps its settings
         settings.update(chat=True, skip_bad=opts.skip_bad)
+    if tok.sha256:  # likewise: GPT-2's corpora prepared before --tokenizer keep theirs
+        settings["tokenizer_sha256"] = tok.sha256
     command = opts.command or f"prepare({source!r}, {str(out_dir)!r}, **{_given(opts)!r})"
 
     out = Path(out_dir)
@@ -418,7 +438,7 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
             for leftover in out.glob(pattern):
                 leftover.unlink(missing_ok=True)
         state = _resume_state(out, settings, name, fingerprint, opts.overwrite)
-        writer = ShardWriter(out, name, shard_tokens, val_tokens, state)
+        writer = ShardWriter(out, name, shard_tokens, val_tokens, state, tok.eot)
 
         documents = src.documents(writer.next_doc)
         if writer.next_doc == 0:
@@ -434,10 +454,12 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
             raise UserError(f"{source}: changed while it was being prepared ({change}); pass --overwrite to "
                             "prepare it again")
 
-    manifest = _manifest(src, settings, state, command, writer.docs_seen)
+    manifest = _manifest(src, settings, state, command, writer.docs_seen, tok)
     if opts.chat:
-        manifest["chat"] = conversations.chat_manifest(writer.docs_seen, manifest["documents"])
-        manifest["tokenizer"] = {**manifest["tokenizer"], "name": "gpt2-chat", "vocab_size": CHAT_VOCAB_SIZE}
+        manifest["chat"] = conversations.chat_manifest(writer.docs_seen, manifest["documents"], tok)
+    if tok.path is not None:  # the data carries its tokenizer: train reads the model's vocabulary from it
+        with atomic_dir(out / TOKENIZER_DIR) as tmp:
+            tok.copy_files(tmp)
     write_json(out / fmt.MANIFEST, manifest, indent=1)
     (out / STATE_FILE).unlink()
     return manifest
@@ -532,7 +554,7 @@ def _unescape(text: str) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     parts = ["gptscratch", "prepare", args.source, "--out", args.out]
     for flag in ("name", "shard_tokens", "val_tokens", "seed", "workers", "text_field", "split_docs_on", "errors",
-                 "subset"):
+                 "subset", "tokenizer"):
         value = getattr(args, flag)
         if value is not None and value != PrepareOptions.__dataclass_fields__[flag].default:
             parts += ["--" + flag.replace("_", "-"), str(value)]
@@ -545,6 +567,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         split_docs_on=_unescape(args.split_docs_on) if args.split_docs_on is not None else None,
         errors=args.errors, subset=args.subset, streaming=args.streaming, progress=not args.quiet,
         command=shlex.join(parts), overwrite=args.overwrite, chat=args.chat, skip_bad=args.skip_bad,
+        tokenizer=args.tokenizer,
     )
     val, train = manifest["splits"]["val"], manifest["splits"]["train"]
     documents = f"{manifest['documents']:,} documents"
@@ -557,8 +580,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "prepare", help="tokenize a corpus into GPT-2 token shards (llm.c .bin format)",
-        description="Tokenize SOURCE with GPT-2's BPE into llm.c-format shards plus manifest.json. "
+        "prepare", help="tokenize a corpus into token shards (llm.c .bin format)",
+        description="Tokenize SOURCE with GPT-2's BPE (or --tokenizer DIR) into llm.c-format shards plus "
+                    "manifest.json. "
                     "Interrupt it any time: rerunning the same command resumes, unless the source has changed "
                     "since (then --overwrite starts again). "
                     "Val is the first --val-tokens tokens of the document stream, train the rest.",
@@ -587,6 +611,9 @@ def register(sub) -> None:
                    help="SOURCE holds conversations, OpenAI messages lists ({\"messages\": [{\"role\": \"user\", "
                         "\"content\": ...}, ...]} per .jsonl line, or a messages column of .parquet files or an hf: "
                         "dataset): shards of the chat format, to train with --preset sft")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="tokenize with this tokenizer (a directory from `gptscratch tokenizer train`, at most "
+                        "65,536 ids) instead of GPT-2's; the data keeps a copy, which models trained on it use")
     p.add_argument("--skip-bad", action="store_true",
                    help="with --chat: leave out bad conversations and count them, instead of stopping at the first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

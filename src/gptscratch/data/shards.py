@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gptscratch.chat import CHAT_VOCAB_SIZE
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_path, file_sha256
-from gptscratch.tokenizer import VOCAB_SIZE
+from gptscratch.tokenizer import MAX_VOCAB, VOCAB_SIZE, Tokenizer, tokenizer_of
 
 MAGIC = 20240520
 VERSION = 1  # llm.c's version 2 is LLaMA-3's uint32 tokens; GPT-2 ids fit uint16
@@ -57,8 +56,8 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or len(tokens) > MAX_SHARD_TOKENS:
         raise ValueError(f"a shard holds a 1-D array of at most {MAX_SHARD_TOKENS} tokens")
-    if len(tokens) and (tokens.min() < 0 or tokens.max() >= CHAT_VOCAB_SIZE):
-        raise ValueError(f"token ids must lie in [0, {CHAT_VOCAB_SIZE}): GPT-2's and the chat tokens")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= MAX_VOCAB):
+        raise ValueError(f"token ids must lie in [0, {MAX_VOCAB}): what uint16 holds")
     header = np.zeros(HEADER_INTS, dtype=HEADER_DTYPE)
     header[0], header[1], header[2] = MAGIC, VERSION, len(tokens)
     body = tokens.astype(TOKEN_DTYPE, copy=False).tobytes()
@@ -96,8 +95,8 @@ def read_header(path: str | os.PathLike) -> int:
 
 def open_shard(path: str | os.PathLike, check_vocab: bool = True, sha256: str | None = None,
                vocab_size: int = VOCAB_SIZE) -> np.memmap:
-    """The shard's tokens as a read-only uint16 memmap (header validated, ids checked < `vocab_size`: GPT-2's,
-    or the chat vocabulary for chat data).
+    """The shard's tokens as a read-only uint16 memmap (header validated, ids checked < `vocab_size`: its
+    tokenizer's, `data_tokenizer`).
 
     The id check is one pass over the file per open: cheap next to training on it, and it turns
     a shard from another tokenizer into a clear error instead of an index error deep in the model.
@@ -114,8 +113,7 @@ def open_shard(path: str | os.PathLike, check_vocab: bool = True, sha256: str | 
     if check_vocab:
         top = int(tokens.max())
         if top >= vocab_size:
-            whose = "GPT-2's" if vocab_size == VOCAB_SIZE else "the chat"
-            raise UserError(f"{path}: token id {top} is not below {whose} vocab size {vocab_size}")
+            raise UserError(f"{path}: token id {top} is not below its tokenizer's vocab size {vocab_size}")
     return tokens
 
 
@@ -177,10 +175,18 @@ def read_manifest(data_dir: str | os.PathLike) -> dict | None:
 
 
 def is_chat_data(data_dir: str | os.PathLike) -> bool:
-    """Whether `data_dir` holds conversations (`prepare --chat`), as its manifest says; their ids reach
-    CHAT_VOCAB_SIZE, and which of them the assistant writes follows from the ids (`chat.assistant_mask`)."""
+    """Whether `data_dir` holds conversations (`prepare --chat`), as its manifest says; their ids hold the
+    chat tokens, and which of them the assistant writes follows from the ids (`chat.assistant_mask`)."""
     manifest = read_manifest(data_dir)
     return manifest is not None and "chat" in manifest
+
+
+def data_tokenizer(data_dir: str | os.PathLike) -> Tokenizer:
+    """The tokenizer `data_dir`'s shards were made with: the one its manifest names (its copy in `tokenizer/`,
+    checked against the manifest's hash), GPT-2's (with the chat tokens for chat data) when it names none."""
+    manifest = read_manifest(data_dir) or {}
+    record = manifest.get("tokenizer")
+    return tokenizer_of(data_dir, record if isinstance(record, dict) else None, where=f"{Path(data_dir) / MANIFEST}")
 
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9.-]+")

@@ -27,9 +27,10 @@ def cmd_hellaswag(args: argparse.Namespace) -> int:
     path = args.file if args.file else default_file(args.split)
     examples = load_examples(path, limit=args.limit)
     device = pick_device(args.device)
-    model = load_model_arg(args, device)
+    model, tokenizer = load_model_arg(args, device)
     amp = autocast_dtype(args.dtype, device)
-    result = hellaswag_eval(model, examples, device, batch_size=args.batch_size, progress=True, amp=amp)
+    result = hellaswag_eval(model, examples, device, batch_size=args.batch_size, progress=True, amp=amp,
+                            tokenizer=tokenizer)
     summary = f"hellaswag {path}: n={result['n']} acc={result['acc']:.4f} acc_norm={result['acc_norm']:.4f}"
     if args.json:
         # stdout holds only the JSON line, so `| jq` works; the summary goes to stderr
@@ -46,9 +47,9 @@ def cmd_loss(args: argparse.Namespace) -> int:
         raise UserError(f"--seq-len {args.seq_len}: must be at least 1")
     find_shards(args.data, args.split)  # a missing or empty --data fails before the model loads
     device = pick_device(args.device)
-    model = load_model_arg(args, device)
+    model, tokenizer = load_model_arg(args, device)
     result = split_loss(model, args.data, args.split, args.seq_len, args.batch_size, device,
-                        autocast_dtype(args.dtype, device), progress=not args.json)
+                        autocast_dtype(args.dtype, device), progress=not args.json, tokenizer=tokenizer)
     which = " over the assistant's tokens" if result["chat"] else ""
     summary = (f"loss {args.data} {args.split}{which}: {result['loss']:.4f} (perplexity {result['perplexity']:.2f}, "
                f"{result['bpb']:.4f} bits per byte) over {result['windows']:,} windows of {result['seq_len']} tokens")

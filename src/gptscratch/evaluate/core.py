@@ -70,7 +70,7 @@ from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, writing
 from gptscratch.paths import cache_dir
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast, autocast_dtype
-from gptscratch.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_encoding
+from gptscratch.tokenizer import Tokenizer, gpt2
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 EVAL_BUNDLE_SHA256 = "90a7c19e28ee7a52b4f6e1f87658deb9fde7f63deba2379045bdb1fe9ea5d200"
@@ -357,14 +357,16 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def encode_examples(data: TaskData, indices: list[int], block_size: int) -> list[Encoded]:
-    """Examples `indices` of the task as token rows with their scored spans, cropped to `block_size`."""
-    enc = get_encoding()
+def encode_examples(data: TaskData, indices: list[int], block_size: int,
+                    tokenizer: Tokenizer | None = None) -> list[Encoded]:
+    """Examples `indices` of the task as token rows of the model's `tokenizer` (GPT-2's by default) with their
+    scored spans, cropped to `block_size`."""
+    tok = tokenizer or gpt2()
     texts = [prompts(data, i) for i in indices]
-    flat = enc.encode_ordinary_batch([t for group in texts for t in group], num_threads=8)
+    flat = tok.enc.encode_ordinary_batch([t for group in texts for t in group], num_threads=8)
     out, k = [], 0
     for i, group in zip(indices, texts, strict=True):
-        tokens = [[EOT_TOKEN, *t] for t in flat[k : k + len(group)]]
+        tokens = [[tok.eot, *t] for t in flat[k : k + len(group)]]  # <|endoftext|> as BOS, as nanochat's BOS
         k += len(group)
         out.append(_encode(data, i, tokens, block_size))
     return out
@@ -408,12 +410,12 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(m, "_orig_mod", m)
 
 
-def check_vocab(model: torch.nn.Module) -> None:
-    """CORE's text becomes GPT-2 BPE ids: a model whose table cannot hold them all cannot read it."""
-    vocab = _unwrap(model).config.vocab_size
-    if vocab < VOCAB_SIZE:
-        raise UserError(f"the model's vocabulary has {vocab:,} tokens; CORE is tokenized with GPT-2's BPE "
-                        f"({VOCAB_SIZE:,} tokens), which needs a model of at least as many")
+def check_vocab(model: torch.nn.Module, tokenizer: Tokenizer | None = None) -> None:
+    """CORE's text becomes the tokenizer's ids: a model whose table cannot hold them all cannot read it."""
+    vocab, tok = _unwrap(model).config.vocab_size, tokenizer or gpt2()
+    if vocab < tok.vocab_size:
+        raise UserError(f"the model's vocabulary has {vocab:,} tokens; CORE is tokenized with {tok.describe()} "
+                        f"tokenizer ({tok.vocab_size:,} tokens), which needs a model of at least as many")
 
 
 class _PrefixRecorder:
@@ -465,17 +467,19 @@ def _continue(model: torch.nn.Module, idx: torch.Tensor, cache: _AfterPrefix) ->
 
 
 def _logits(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """GPT.forward's head on some positions only: float32 logits of the tokenizer's ids."""
+    """GPT.forward's head on some positions only: float32 logits of the tokenizer's ids (the model's unpadded
+    vocabulary, special tokens included, as nanochat's head gives them)."""
     logits = model.lm_head(h)
     cap = model.config.logit_softcap
     if cap:
         logits = cap * torch.tanh(logits / cap)
-    return logits[..., :VOCAB_SIZE].float()
+    return logits[..., :model.config.vocab_size].float()
 
 
 def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
-    """Right-padded with BOS, as nanochat pads: causal attention never lets a real token see the padding."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), EOT_TOKEN, dtype=torch.long)
+    """Right-padded (with id 0, in every vocabulary; nanochat pads with its BOS): causal attention never lets a
+    real token see the padding, and no padding is scored."""
+    out = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
     for j, r in enumerate(rows):
         out[j, : len(r)] = torch.tensor(r, dtype=torch.long)
     return out.to(device)
@@ -565,7 +569,8 @@ def _lm_verdicts(model: torch.nn.Module, batch: list[Encoded], device: torch.dev
 
 
 def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], device: torch.device | str,
-                batch_size: int = 16, amp: torch.dtype | None = None, progress: bool = False) -> list[int]:
+                batch_size: int = 16, amp: torch.dtype | None = None, progress: bool = False,
+                tokenizer: Tokenizer | None = None) -> list[int]:
     """The verdict on each example of `indices`: the option picked (multiple_choice, schema), or 1 if every
     continuation token is the model's argmax and 0 if not (language_modeling). Right means `data.gold(i)`.
 
@@ -574,7 +579,7 @@ def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], devi
     """
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    check_vocab(model)
+    check_vocab(model, tokenizer)
     raw, device = _unwrap(model), torch.device(device)
     lm = data.task.task_type == "language_modeling"
     out: list[int] = []
@@ -584,7 +589,7 @@ def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], devi
         with torch.no_grad(), tqdm(total=len(indices), desc=data.task.label, file=sys.stderr, leave=False,
                                    disable=not progress) as bar:
             for c in range(0, len(indices), ENCODE_CHUNK):
-                encoded = encode_examples(data, indices[c : c + ENCODE_CHUNK], raw.config.block_size)
+                encoded = encode_examples(data, indices[c : c + ENCODE_CHUNK], raw.config.block_size, tokenizer)
                 # by the tokens a forward pass pays for: the shared prefix, then the longest row
                 order = sorted(range(len(encoded)), key=lambda i: (encoded[i].shared,
                                                                    max(len(r) for r in encoded[i].rows)))
@@ -608,7 +613,7 @@ def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], devi
 
 def evaluate_task(model: torch.nn.Module, data: TaskData, device: torch.device | str, batch_size: int = 16,
                   rank: int = 0, world_size: int = 1, progress: bool = False,
-                  amp: torch.dtype | None = None) -> dict:
+                  amp: torch.dtype | None = None, tokenizer: Tokenizer | None = None) -> dict:
     """{accuracy, examples, seconds, correct}: `correct` holds every example's verdict, right or not.
 
     Rank r scores examples r, r + world_size, ...; with world_size > 1 (torch.distributed initialized) the
@@ -625,7 +630,7 @@ def evaluate_task(model: torch.nn.Module, data: TaskData, device: torch.device |
     correct = torch.zeros(n + 1)  # the last element counts the ranks that met bad input
     error = None
     try:
-        got = predictions(model, data, mine, device, batch_size, amp, progress)
+        got = predictions(model, data, mine, device, batch_size, amp, progress, tokenizer)
         if mine:
             correct[mine] = torch.tensor([float(v == data.gold(i)) for i, v in zip(mine, got, strict=True)])
     except UserError as e:
@@ -652,7 +657,7 @@ def centered(accuracy: float, baseline: float) -> float:
 
 def evaluate_core(model: torch.nn.Module, tasks: list[TaskData], device: torch.device | str, batch_size: int = 16,
                   rank: int = 0, world_size: int = 1, progress: bool = False, amp: torch.dtype | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+                  log: Callable[[str], None] | None = None, tokenizer: Tokenizer | None = None) -> dict:
     """CORE over `tasks` (from `load_core`): nanochat's keys `results`, `centered_results` and `core_metric`
     (the mean centered result), with `examples` and `seconds` per task. `log` receives a line per task.
 
@@ -663,11 +668,11 @@ def evaluate_core(model: torch.nn.Module, tasks: list[TaskData], device: torch.d
     """
     if not tasks:
         raise UserError("no CORE tasks to evaluate")
-    check_vocab(model)
+    check_vocab(model, tokenizer)
     out: dict = {"results": {}, "centered_results": {}, "core_metric": None, "examples": {}, "seconds": {}}
     for data in tasks:
         task = data.task
-        r = evaluate_task(model, data, device, batch_size, rank, world_size, progress, amp)
+        r = evaluate_task(model, data, device, batch_size, rank, world_size, progress, amp, tokenizer)
         out["results"][task.label] = r["accuracy"]
         out["centered_results"][task.label] = centered(r["accuracy"], task.baseline)
         out["examples"][task.label] = r["examples"]
@@ -722,16 +727,16 @@ def check_args(args: argparse.Namespace) -> None:
     parse_tasks(args.tasks)
 
 
-def run(args: argparse.Namespace, load_model: Callable[[], torch.nn.Module], device: torch.device,
+def run(args: argparse.Namespace, load_model: Callable[[], tuple[torch.nn.Module, Tokenizer]], device: torch.device,
         rank: int = 0, world_size: int = 1) -> int:
     """`gptscratch eval core` once the bundle is in place: read the tasks (bad input fails before the model
-    loads), score, and print on rank 0."""
+    loads), score with the model's tokenizer, and print on rank 0."""
     tasks = load_core(args.bundle, parse_tasks(args.tasks), args.max_per_task)
-    model = load_model()
+    model, tokenizer = load_model()
     master = rank == 0
     say = (lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True)) if master else None
     result = evaluate_core(model, tasks, device, args.batch_size, rank, world_size, progress=master,
-                           amp=autocast_dtype(args.dtype, device), log=say)
+                           amp=autocast_dtype(args.dtype, device), log=say, tokenizer=tokenizer)
     if master:
         summary = f"CORE {result['core_metric']:.4f} over {len(tasks)} task(s)"
         if args.json:

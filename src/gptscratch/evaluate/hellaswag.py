@@ -40,7 +40,7 @@ from gptscratch.errors import UserError
 from gptscratch.io import atomic_path
 from gptscratch.paths import make_cache_dir
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import get_encoding
+from gptscratch.tokenizer import Tokenizer, gpt2
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 # Lines in each official file, checked after download. The test split has no labels, so it is not here.
@@ -178,8 +178,10 @@ def ending_losses(
     batch_size: int = 32,
     progress: bool = False,
     amp: torch.dtype | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed and mean cross-entropy of each ending: two float32 (len(examples), 4) CPU tensors.
+    """Summed and mean cross-entropy of each ending: two float32 (len(examples), 4) CPU tensors, the text
+    encoded with the model's `tokenizer` (GPT-2's by default).
 
     `batch_size` examples (4 sequences each) share one forward pass. Sequences are right-padded, which
     needs no attention mask: causal attention never lets a real token see the padding after it.
@@ -190,9 +192,9 @@ def ending_losses(
     config = _config(model)
     block_size, vocab_size = config.block_size, config.vocab_size
     device = torch.device(device)
-    enc = get_encoding()
+    enc = (tokenizer or gpt2()).enc
     if vocab_size < enc.n_vocab:
-        raise UserError(f"model vocab_size={vocab_size} is smaller than GPT-2's {enc.n_vocab} tokens")
+        raise UserError(f"model vocab_size={vocab_size} is smaller than its tokenizer's {enc.n_vocab} tokens")
 
     encoded = [encode_example(ex, enc) for ex in examples]
     rows = [[_rows(ctx, end, block_size) for end in ends] for ctx, ends in encoded]
@@ -245,6 +247,7 @@ def hellaswag_eval(
     world_size: int = 1,
     progress: bool = False,
     amp: torch.dtype | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> dict:
     """Accuracy on `examples`: {'n', 'acc', 'acc_norm', 'num_correct', 'num_correct_norm'}.
 
@@ -264,7 +267,7 @@ def hellaswag_eval(
     device = torch.device(device)
     counts = torch.zeros(3, dtype=torch.long)
     if shard:
-        sum_loss, mean_loss = ending_losses(model, shard, device, batch_size, progress, amp)
+        sum_loss, mean_loss = ending_losses(model, shard, device, batch_size, progress, amp, tokenizer)
         labels = torch.tensor([ex.label for ex in shard])
         counts[0] = len(shard)
         counts[1] = (sum_loss.argmin(1) == labels).sum()

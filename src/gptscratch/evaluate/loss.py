@@ -23,20 +23,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptscratch.chat import CHAT_VOCAB_SIZE, assistant_mask, is_chat_model
-from gptscratch.data.shards import find_shards, is_chat_data, open_shard
+from gptscratch.chat import assistant_mask, is_chat_model
+from gptscratch.data.shards import data_tokenizer, find_shards, is_chat_data, open_shard
 from gptscratch.errors import UserError
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import VOCAB_SIZE, token_bytes
+from gptscratch.tokenizer import Tokenizer, check_same, gpt2
 
 
 def split_windows(data_dir: str | Path, split: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of every (seq_len + 1)-token window of the split at stride seq_len, each int64
     (windows, seq_len); on chat data a target the assistant did not write is -1."""
     chat = is_chat_data(data_dir)
-    vocab = CHAT_VOCAB_SIZE if chat else VOCAB_SIZE
-    stream = np.concatenate([np.asarray(open_shard(s.path, sha256=s.sha256, vocab_size=vocab))
+    tok = data_tokenizer(data_dir)
+    stream = np.concatenate([np.asarray(open_shard(s.path, sha256=s.sha256, vocab_size=tok.vocab_size))
                              for s in find_shards(data_dir, split)])
     n = (len(stream) - 1) // seq_len
     if n < 1:
@@ -48,23 +48,28 @@ def split_windows(data_dir: str | Path, split: str, seq_len: int) -> tuple[torch
         return torch.from_numpy(view.astype(np.int64))
 
     rows = windows(stream)
-    targets = windows(np.where(assistant_mask(stream), stream.astype(np.int64), -1))[:, 1:] if chat else rows[:, 1:]
+    if not chat:
+        return rows[:, :-1], rows[:, 1:]
+    targets = windows(np.where(assistant_mask(stream, eot=tok.eot), stream.astype(np.int64), -1))[:, 1:]
     return rows[:, :-1], targets
 
 
 @torch.no_grad()
 def split_loss(model: GPT, data_dir: str | Path, split: str = "val", seq_len: int | None = None,
                batch_size: int = 8, device: torch.device | str = "cpu", amp: torch.dtype | None = None,
-               progress: bool = False) -> dict:
+               progress: bool = False, tokenizer: Tokenizer | None = None) -> dict:
     """{loss, perplexity, bpb, tokens, bytes, windows, split, seq_len, chat} of `model` over every window of the
-    split; `tokens` counts the targets scored (on chat data, the assistant's)."""
+    split; `tokens` counts the targets scored (on chat data, the assistant's). `tokenizer` is the model's (GPT-2's
+    by default): data made with another is refused, its ids would mean other text."""
     seq_len = seq_len or model.config.block_size
     if seq_len > model.config.block_size:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context of {model.config.block_size} tokens")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    tokenizer = tokenizer or gpt2(chat=is_chat_model(model.config))
+    check_same(tokenizer, "the model", data_tokenizer(data_dir), f"--data {data_dir}")
     chat = is_chat_data(data_dir)
-    if chat and not is_chat_model(model.config):  # its logits have no column for a chat token to score
+    if chat and not tokenizer.chat:  # its logits have no column for a chat token to score
         raise UserError(f"--data {data_dir}: holds conversations, which only a chat model scores (this model's "
                         f"vocabulary is {model.config.vocab_size} tokens, without the chat tokens)")
     inputs, targets_all = split_windows(data_dir, split, seq_len)
@@ -72,7 +77,7 @@ def split_loss(model: GPT, data_dir: str | Path, split: str = "val", seq_len: in
     model.eval()
     total, count, text_nats, text_bytes = 0.0, 0, 0.0, 0
     V = model.config.vocab_size
-    sizes = torch.from_numpy(token_bytes(V)).to(device)
+    sizes = torch.from_numpy(tokenizer.token_bytes(V)).to(device)
     try:
         for i in tqdm(range(0, len(inputs), batch_size), desc=f"loss {split}", unit="batch", disable=not progress):
             rows = inputs[i:i + batch_size].to(device)

@@ -18,11 +18,11 @@ from gptscratch.errors import UserError
 from gptscratch.hf.gpt2 import config_from_hf, load_gpt2, write_gpt2
 from gptscratch.hf.modern import check_exportable, is_gpt2, load_modern, write_modern
 from gptscratch.hf.modern import config_from_hf as modern_config_from_hf
-from gptscratch.hf.tokenizer import write_tokenizer
+from gptscratch.hf.tokenizer import write_tokenizer, write_trained_tokenizer
 from gptscratch.io import atomic_dir, read_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.tokenizer import check_model_vocab
-from gptscratch.train.checkpoint import load_model
+from gptscratch.tokenizer import Tokenizer, tokenizer_of
+from gptscratch.train.checkpoint import load_checkpoint
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -96,7 +96,8 @@ def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
     else:
         raise UserError(f"{cfg_path}: model_type is {model_type!r}; gptscratch reads gpt2, and the qwen3 or llama "
                         "models it exports")
-    check_model_vocab(config.vocab_size, str(cfg_path))  # every reader of HF models passes here
+    # every reader of HF models passes here: a vocabulary that cannot hold its tokenizer's ids is refused
+    tokenizer_of(directory, vocab_size=config.vocab_size, where=str(cfg_path))
     return directory, model_type, config
 
 
@@ -110,10 +111,12 @@ def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
     return load_gpt2(directory, config, hf_sd, vocab_multiple)
 
 
-def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write config.json, model.safetensors and GPT-2's tokenizer files (`hf.tokenizer`), which transformers
-    loads unchanged and offline, as a directory renamed into place whole (io.atomic_dir): a failure leaves no
-    half export, and a replaced one no stale files.
+def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False,
+            tokenizer: Tokenizer | None = None) -> Path:
+    """Write config.json, model.safetensors and the tokenizer's files (`hf.tokenizer`: GPT-2's by default, or a
+    trained `tokenizer`'s, with a copy of its directory in `tokenizer/` for gptscratch's own commands), which
+    transformers loads unchanged and offline, as a directory renamed into place whole (io.atomic_dir): a failure
+    leaves no half export, and a replaced one no stale files.
 
     A GPT-2 model becomes a GPT2LMHeadModel; a modern one a Qwen3/Llama model (gptscratch.hf.modern). A
     non-empty `directory` is refused unless `overwrite`, which replaces it only if it holds a config.json
@@ -132,8 +135,12 @@ def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False) -
         with writing(out.parent):
             out.parent.mkdir(parents=True)
     with atomic_dir(out) as tmp:
-        write(model, tmp)
-        write_tokenizer(tmp, model.config)
+        write(model, tmp, tokenizer)
+        if tokenizer is None or tokenizer.sha256 is None:
+            write_tokenizer(tmp, model.config)
+        else:
+            write_trained_tokenizer(tmp, tokenizer.enc, tokenizer.manifest(), model.config.block_size)
+            tokenizer.copy_into(tmp)
     return Path(directory)
 
 
@@ -156,7 +163,8 @@ def check_export_dir(directory: str | os.PathLike, overwrite: bool) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     check_export_dir(args.out, args.overwrite)  # before the (maybe long) load of the checkpoint
-    path = save_hf(load_model(args.ckpt), args.out, overwrite=args.overwrite)
+    saved = load_checkpoint(args.ckpt)
+    path = save_hf(saved.load_model(), args.out, overwrite=args.overwrite, tokenizer=saved.tokenizer)
     arch = json.loads((Path(path) / "config.json").read_text())["architectures"][0]
     print(f"wrote a Hugging Face checkpoint to {path} (load it with {arch}.from_pretrained)")
     return 0

@@ -15,6 +15,7 @@ from gptscratch.errors import UserError
 from gptscratch.hf.tokenizer import eos_token_id
 from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, GPTConfig
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer
 
 # Weights stored by Conv1D, which need a transpose either way.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -65,7 +66,7 @@ def config_from_hf(cfg: dict, source: str) -> GPTConfig:
     return config
 
 
-def config_to_hf(config: GPTConfig) -> dict:
+def config_to_hf(config: GPTConfig, tok: Tokenizer | None = None) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -84,8 +85,8 @@ def config_to_hf(config: GPTConfig) -> dict:
         "attn_pdrop": config.dropout,
         "scale_attn_weights": True,
         "use_cache": True,
-        "bos_token_id": 50256,
-        "eos_token_id": eos_token_id(config),
+        "bos_token_id": tok.eot if tok else EOT_TOKEN,
+        "eos_token_id": eos_token_id(config, tok),
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
@@ -107,10 +108,10 @@ def to_hf_state_dict(model: GPT, trim_vocab: bool = True) -> dict[str, torch.Ten
     return out
 
 
-def write_gpt2(model: GPT, out: Path) -> None:
+def write_gpt2(model: GPT, out: Path, tok: Tokenizer | None = None) -> None:
     tensors = {k: v.to("cpu", torch.float32).contiguous() for k, v in to_hf_state_dict(model).items()}
     save_safetensors(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    write_json(out / "config.json", config_to_hf(model.config))
+    write_json(out / "config.json", config_to_hf(model.config, tok))
 
 
 def load_gpt2(directory: Path, config: GPTConfig, hf_sd: dict[str, torch.Tensor], vocab_multiple: int) -> GPT:

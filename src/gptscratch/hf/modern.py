@@ -20,6 +20,7 @@ from gptscratch.errors import UserError
 from gptscratch.hf.tokenizer import eos_token_id
 from gptscratch.io import save_safetensors, write_json
 from gptscratch.model import GPT, RMS_EPS, GPTConfig
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer
 
 # The options that change what GPT-2 computes, at GPT-2's values (GPTConfig's defaults): rope_base, norm_weight
 # and zero_init_proj mean nothing without rope, rmsnorm and at load time.
@@ -43,7 +44,7 @@ def check_exportable(config: GPTConfig) -> str:
     return "qwen3" if config.qk_norm else "llama"
 
 
-def config_to_hf(config: GPTConfig, model_type: str) -> dict:
+def config_to_hf(config: GPTConfig, model_type: str, tok: Tokenizer | None = None) -> dict:
     head_dim = config.n_embd // config.n_head
     return {
         "architectures": ["Qwen3ForCausalLM" if model_type == "qwen3" else "LlamaForCausalLM"],
@@ -63,8 +64,8 @@ def config_to_hf(config: GPTConfig, model_type: str) -> dict:
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": 50256,
-        "eos_token_id": eos_token_id(config),
+        "bos_token_id": tok.eot if tok else EOT_TOKEN,
+        "eos_token_id": eos_token_id(config, tok),
         "torch_dtype": "float32",
         "use_cache": True,
     }
@@ -101,12 +102,12 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def write_modern(model: GPT, out: Path) -> None:
+def write_modern(model: GPT, out: Path, tok: Tokenizer | None = None) -> None:
     """config.json and model.safetensors that Qwen3ForCausalLM / LlamaForCausalLM load unchanged, into the
     (new, temporary) directory `out` that hf.save_hf renames into place."""
     model_type = check_exportable(model.config)
     save_safetensors(to_hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
-    write_json(out / "config.json", config_to_hf(model.config, model_type))
+    write_json(out / "config.json", config_to_hf(model.config, model_type, tok))
 
 
 def config_from_hf(cfg: dict, source: str) -> GPTConfig:

@@ -32,8 +32,8 @@ from gptscratch.errors import UserError
 from gptscratch.hf import load_hf, read_hf_config
 from gptscratch.hf.modern import is_gpt2
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.tokenizer import VOCAB_SIZE
-from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, load_model, run_dir_of
+from gptscratch.tokenizer import VOCAB_SIZE, Tokenizer, tokenizer_of
+from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from gptscratch.train.config import MODEL_OPTIONS, TrainConfig
 
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", *MODEL_OPTIONS)
@@ -50,21 +50,24 @@ def _checkpoint_path(spec: str) -> Path | None:
         return None
 
 
-def source_config(spec: str) -> GPTConfig:
-    """The source's model config, without reading its weights."""
+def source_config(spec: str) -> tuple[GPTConfig, Tokenizer]:
+    """The source's model config and tokenizer, without reading its weights."""
     step = _checkpoint_path(spec)
     if step is not None:
-        return load_checkpoint(step).model_config
-    return read_hf_config(spec)[2]
+        saved = load_checkpoint(step)
+        return saved.model_config, saved.tokenizer
+    directory, _, config = read_hf_config(spec)
+    return config, tokenizer_of(directory, vocab_size=config.vocab_size)
 
 
 def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     """`cfg` with the model's shape taken from `cfg.init_from`; a flag in `given` that contradicts it is refused."""
-    source = source_config(cfg.init_from)  # a vocabulary too small for the tokenizer is refused in reading it
-    if source.vocab_size not in (VOCAB_SIZE, CHAT_VOCAB_SIZE):  # a run pads its vocabulary itself (--vocab-multiple)
+    source, tok = source_config(cfg.init_from)  # a vocabulary too small for the tokenizer is refused in reading it
+    gpt2_tokenizer = tok.sha256 is None  # a trained tokenizer's model has its vocabulary exactly (tokenizer_of)
+    if gpt2_tokenizer and source.vocab_size not in (VOCAB_SIZE, CHAT_VOCAB_SIZE):  # a run pads it (--vocab-multiple)
         raise UserError(f"--init-from {cfg.init_from}: vocab_size {source.vocab_size}, not GPT-2's {VOCAB_SIZE} "
                         f"tokens (or {CHAT_VOCAB_SIZE} with the chat tokens); a run pads its vocabulary itself")
-    if is_chat_model(source) and not cfg.chat:
+    if gpt2_tokenizer and is_chat_model(source) and not cfg.chat:
         raise UserError(f"--init-from {cfg.init_from}: a chat model; train it further on conversations with "
                         "--preset sft (or --chat)")
     shape = {name: getattr(source, name) for name in SHAPE}
@@ -84,13 +87,15 @@ def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(cfg, **shape, block_size=source.block_size)
 
 
-def load_source(cfg: TrainConfig) -> GPT:
-    """A model of `cfg`'s shape (from `with_source_shape`) holding the source's weights."""
+def load_source(cfg: TrainConfig, tokenizer: Tokenizer) -> GPT:
+    """A model of `cfg`'s shape (from `with_source_shape`) for the run's `tokenizer` (its data's: the same as the
+    source's, checked by then) holding the source's weights."""
     step = _checkpoint_path(cfg.init_from)
-    source = load_model(step) if step is not None else load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
-    model = GPT(cfg.model_config())  # the run's own dropout; the shape is the source's
+    source = load_checkpoint(step).load_model() if step is not None else \
+        load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
+    model = GPT(cfg.model_config(tokenizer.vocab_size))  # the run's own dropout; the shape is the source's
     state = source.state_dict()
-    if cfg.chat and not is_chat_model(source.config):
+    if cfg.chat and tokenizer.sha256 is None and not is_chat_model(source.config):  # GPT-2's, without chat rows
         state = with_chat_rows(state, model)
     model.load_state_dict(state)
     return model
@@ -133,10 +138,16 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise UserError("give exactly one of --hf DIR_OR_ID or --ckpt PATH")
 
 
-def load_model_arg(args: argparse.Namespace, device: torch.device) -> GPT:
-    """The model named by --hf or --ckpt (checked by check_model_args), on `device`, in eval mode."""
-    model = load_hf(args.hf) if args.hf else load_model(args.ckpt)
-    return model.to(device).eval()
+def load_model_arg(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tokenizer]:
+    """The model named by --hf or --ckpt (checked by check_model_args), on `device`, in eval mode, and its
+    tokenizer (the copy beside its weights, else GPT-2's)."""
+    if args.hf:
+        model = load_hf(args.hf)
+        tok = tokenizer_of(read_hf_config(args.hf)[0], vocab_size=model.config.vocab_size)
+    else:
+        saved = load_checkpoint(args.ckpt)
+        model, tok = saved.load_model(), saved.tokenizer
+    return model.to(device).eval(), tok
 
 
 def model_name(args: argparse.Namespace) -> str:

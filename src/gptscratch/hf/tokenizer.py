@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gptscratch.chat import ASSISTANT_END, CHAT_TOKENS, is_chat_model
+from gptscratch.chat import CHAT_TOKENS, is_chat_model
 from gptscratch.io import write_json
-from gptscratch.tokenizer import EOT_TOKEN, vocab_files
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2, vocab_files
 
 EOT = "<|endoftext|>"
 FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -38,9 +38,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def eos_token_id(config: Any) -> int | list[int]:
-    """The ids that end generation in an export's config.json: a chat model's reply ends at `<|assistant_end|>`."""
-    return [EOT_TOKEN, ASSISTANT_END] if is_chat_model(config) else EOT_TOKEN
+def eos_token_id(config: Any, tok: Tokenizer | None = None) -> int | list[int]:
+    """The ids that end generation in an export's config.json, for the model's tokenizer `tok` (GPT-2's by
+    default): a chat model's reply ends at `<|assistant_end|>`."""
+    tok = tok or gpt2(chat=is_chat_model(config))
+    return [tok.eot, tok.assistant_end] if tok.chat else tok.eot
 
 
 def _added(content: str, token_id: int) -> dict:
@@ -86,3 +88,7 @@ def write_tokenizer(out: Path, config: Any) -> None:
         "add_prefix_space": False, "add_bos_token": False, "errors": "replace", "clean_up_tokenization_spaces": False,
         **({"chat_template": CHAT_TEMPLATE} if chat else {}),
     })
+
+
+def write_trained_tokenizer(out: Path, enc: Any, manifest: dict, block_size: int) -> None:  # placeholder: helper
+    raise NotImplementedError

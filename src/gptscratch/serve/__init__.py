@@ -24,6 +24,7 @@ from gptscratch.errors import UserError
 from gptscratch.hf.pretrained import add_model_args, check_model_args, load_model_arg, model_name
 from gptscratch.model import GPT
 from gptscratch.precision import DTYPE_HELP, DTYPES, autocast_dtype
+from gptscratch.tokenizer import Tokenizer
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -82,13 +83,13 @@ def uvicorn_server(engine, model_id: str, sock: socket.socket, limits: Limits, g
 
 def serve(model: GPT, model_id: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_queue: int = 64, api_key: str | None = None, amp: torch.dtype | None = None,
-          max_body: int = 1 << 20, limits: Limits | None = None) -> None:
-    """Serve `model` until interrupted."""
+          max_body: int = 1 << 20, limits: Limits | None = None, tokenizer: Tokenizer | None = None) -> None:
+    """Serve `model` (with its `tokenizer`: GPT-2's by default) until interrupted."""
     check_installed()
     from gptscratch.serve.engine import Engine
 
     sock = open_socket(host, port)
-    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, amp=amp).start()
+    engine = Engine(model, max_batch=max_batch, max_queue=max_queue, amp=amp, tokenizer=tokenizer).start()
     server = uvicorn_server(engine, model_id, sock, limits or Limits(), 2, api_key=api_key, max_body=max_body)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -156,12 +157,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_serve_args(args)
     check_installed()
     device = pick_device(args.device)
-    model = load_model_arg(args, device)
+    model, tokenizer = load_model_arg(args, device)
     name = args.model_name or model_name(args)
     limits = Limits(request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout,
                     max_connections=args.max_connections)
     serve(model, name, host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
-          api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body, limits=limits)
+          api_key=args.api_key, amp=autocast_dtype(args.dtype, device), max_body=args.max_body, limits=limits,
+          tokenizer=tokenizer)
     return 0
 
 

@@ -39,9 +39,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gptscratch.chat import ASSISTANT_END, ChatFormatError, render_prompt
+from gptscratch.chat import ChatFormatError, render_prompt
 from gptscratch.serve.engine import Engine, Event, QueueFull, Request, Sampling
-from gptscratch.tokenizer import EOT_TOKEN
 
 # the fields of OpenAI's completions request this server reads; anything else is refused by name
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
@@ -238,7 +237,7 @@ def parse_chat(body: Any, server: Server) -> Completion:
     if "messages" not in body:
         raise ApiError(400, "'messages' is required: the conversation, ending with the user's message", "messages")
     try:
-        prompt = render_prompt(body["messages"])
+        prompt = render_prompt(body["messages"], server.engine.tokenizer)
     except ChatFormatError as e:
         raise ApiError(400, str(e), e.field) from None
     if body.get("logprobs") not in (None, False):
@@ -253,7 +252,7 @@ def parse_chat(body: Any, server: Server) -> Completion:
     max_tokens = _max_tokens(body, name, len(prompt), context, context - len(prompt))
     stream, include_usage = _streaming(body)
     sampling = _sampling(body, server, max_tokens, None)
-    sampling.stop_token, sampling.special_text = ASSISTANT_END, False
+    sampling.stop_token, sampling.special_text = server.engine.tokenizer.assistant_end, False
     return Completion([prompt], [""], sampling, n, stream, include_usage, False, chat=True)
 
 
@@ -278,7 +277,7 @@ def _prompts(prompt: Any, server: Server) -> tuple[list[list[int]], list[str]]:
             ids, text = list(p), enc.decode(p)
         else:
             raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", "prompt")
-        tokens.append(ids or [EOT_TOKEN])  # an empty prompt starts a document, as GPT-2 was trained
+        tokens.append(ids or [server.engine.tokenizer.eot])  # an empty prompt starts a document, as in training
         texts.append(text)
     return tokens, texts
 
@@ -594,7 +593,7 @@ async def tokenizer_info(request: HttpRequest) -> Response:
     except ApiError as e:
         return e.response()
     enc, context = server.engine.enc, server.engine.model.config.block_size
-    eot = enc.decode([EOT_TOKEN])
+    eot = enc.decode([server.engine.tokenizer.eot])
     return JSONResponse({"tokenizer_class": "tiktoken", "name": enc.name, "vocab_size": enc.n_vocab,
                          "eos_token": eot, "bos_token": eot, "pad_token": None, "model_max_length": context,
                          "max_model_len": context})

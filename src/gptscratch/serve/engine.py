@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gptscratch.chat import get_chat_encoding, is_chat_model
+from gptscratch.chat import is_chat_model
 from gptscratch.generate import next_token
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import EOT_TOKEN, get_encoding
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Sampling:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob and the top k
     # a chat reply ends at <|assistant_end|> and its text leaves the special tokens out, as `decode_reply` does;
     # a completion ends at <|endoftext|> and shows any other special token (a chat model's) by name
-    stop_token: int = EOT_TOKEN
+    stop_token: int = EOT_TOKEN  # the API sets its model's tokenizer's
     special_text: bool = True
 
 
@@ -100,7 +100,7 @@ class Choice:
         self.sent_text = self.sent_tokens = 0
         self.finish_reason: str | None = None
 
-    def add(self, token: int, logprob: float | None, top: dict[int, float] | None, enc) -> None:
+    def add(self, token: int, logprob: float | None, top: dict[int, float] | None, tok: Tokenizer) -> None:
         """Append a sampled token; decide whether the choice has finished."""
         sampling = self.request.sampling
         stops, hits = sampling.stop, []
@@ -111,8 +111,8 @@ class Choice:
             if logprob is not None:
                 self.token_logprobs.append(logprob)
                 self.top_logprobs.append(top or {})
-            if token < EOT_TOKEN or sampling.special_text:
-                self.text += self.decoder.decode(enc.decode_single_token_bytes(token))
+            if token < tok.eot or sampling.special_text:
+                self.text += self.decoder.decode(tok.enc.decode_single_token_bytes(token))
             hits = [i for i in (self.text.find(s) for s in stops) if i >= 0]
             if hits:  # the text ends before the first stop string, which is not returned
                 self.text = self.text[: min(hits)]
@@ -144,13 +144,16 @@ class Choice:
 class Engine:
     """Decodes every running sequence together, one token each per forward pass, in a thread of its own."""
 
-    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 64, amp: torch.dtype | None = None):
+    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 64, amp: torch.dtype | None = None,
+                 tokenizer: Tokenizer | None = None):
         self.model = model.eval()
         self.device = model.lm_head.weight.device
         self.max_batch, self.max_queue, self.amp = max_batch, max_queue, amp
-        self.chat = is_chat_model(model.config)
-        # a chat model samples the chat tokens too, which GPT-2's encoding has no bytes for
-        self.enc = get_chat_encoding() if self.chat else get_encoding()
+        # the model's (its checkpoint's); by default GPT-2's, with the chat tokens for a chat model, which
+        # samples them too
+        self.tokenizer = tokenizer or gpt2(chat=is_chat_model(model.config))
+        self.chat = self.tokenizer.chat
+        self.enc = self.tokenizer.enc
         # the ids a request may use or get: a model's rows beyond the tokenizer's (nanoGPT's 50,304) have no text
         self.vocab = min(model.config.vocab_size, self.enc.n_vocab)
         self.cache = model.new_cache(max_batch, dtype=amp, per_row=True)
@@ -274,7 +277,7 @@ class Engine:
         lp = top = None
         if s.logprobs is not None:
             lp, top = float(logp[0, token]), top_dict(logp[0], s.logprobs)
-        choice.add(token, lp, top, self.enc)
+        choice.add(token, lp, top, self.tokenizer)
 
     def _fail(self, request: Request, error: Exception) -> None:
         """Mark `request` failed: its choices end with "error" when they next report."""

@@ -3,7 +3,9 @@
 A checkpoint is a directory `checkpoints/step_000100/` holding:
 - `model.safetensors`: the weights (the tied LM head stored once, as `transformer.wte.weight`);
 - `optimizer.pt`: AdamW's state, loaded with `weights_only=True`;
-- `state.json`: step, the run's config, the model shape, every rank's loader position and RNG states.
+- `state.json`: step, the run's config, the model shape, its tokenizer, every rank's loader position and RNG
+  states;
+- `tokenizer/`: a copy of the tokenizer the run's data was prepared with, when it is not GPT-2's (tokenizer.py).
 A run with `--parallel fsdp` writes `dcp/` (torch.distributed.checkpoint: each rank's shards of the weights
 and of the optimizer state, `"weights": "dcp"` in state.json) instead of the first two; `load_model`
 consolidates it into a whole model, so `sample`, `eval` and `export` read either kind (fsdp.py writes it).
@@ -15,6 +17,7 @@ that takes the directory's lock (train/rundir.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,7 +33,7 @@ from gptscratch import testing
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, read_safetensors, save_safetensors, writing
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.tokenizer import check_model_vocab
+from gptscratch.tokenizer import Tokenizer, gpt2, tokenizer_of
 
 FORMAT = "gptscratch-checkpoint-1"
 
@@ -67,6 +70,7 @@ class Checkpoint:
     loader_states: list[dict]  # one per rank
     world_size: int
     sharded: bool = False  # written by --parallel fsdp: weights and optimizer state in dcp/
+    tokenizer: Tokenizer = dataclasses.field(default_factory=gpt2)
 
     def load_model(self) -> GPT:
         model = GPT(self.model_config)
@@ -143,6 +147,7 @@ def save_checkpoint(
     loader_states: list[dict],
     rng_states: list[dict],
     keep: int = 0,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write checkpoints/step_NNNNNN as a whole (io.atomic_dir), then drop all but the newest `keep`."""
     ckpt_dir = Path(ckpt_dir)
@@ -156,14 +161,17 @@ def save_checkpoint(
         # a RuntimeError that says nothing of the disk)
         with open(tmp / "optimizer.pt", "wb") as f:
             torch.save(optimizer.state_dict(), f)
-        write_run_state(tmp, step, model.config, config, loader_states, rng_states)
+        write_run_state(tmp, step, model.config, config, loader_states, rng_states, tokenizer=tokenizer)
     prune(ckpt_dir, keep)
     return final
 
 
 def write_run_state(tmp: Path, step: int, model_config: GPTConfig, config: dict, loader_states: list[dict],
-                    rng_states: list[dict], sharded: bool = False) -> None:
-    """Every rank's RNG states, then state.json, into a checkpoint being written (its weights already there)."""
+                    rng_states: list[dict], sharded: bool = False, tokenizer: Tokenizer | None = None) -> None:
+    """Every rank's RNG states and the tokenizer, then state.json, into a checkpoint being written (its weights
+    already there)."""
+    tokenizer = tokenizer or gpt2()
+    tokenizer.copy_into(tmp)
     for rank, state in enumerate(rng_states):
         with open(tmp / f"rng_rank{rank}.pt", "wb") as f:
             torch.save(state, f)
@@ -173,6 +181,7 @@ def write_run_state(tmp: Path, step: int, model_config: GPTConfig, config: dict,
         "step": step,
         "world_size": len(loader_states),
         "model_config": asdict(model_config),
+        "tokenizer": tokenizer.record(),
         "config": config,
         "loader_states": loader_states,
         **({"weights": "dcp"} if sharded else {}),
@@ -241,7 +250,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"{state_path}: missing or malformed field ({e})") from None
     except UserError as e:
         raise UserError(f"{state_path}: {e}") from None
-    check_model_vocab(model_config.vocab_size, str(state_path))  # every reader of checkpoints passes here
+    record = state.get("tokenizer")  # none in a checkpoint from before tokenizers of one's own: GPT-2's
+    # every reader of checkpoints passes here: a vocabulary that cannot hold its tokenizer's ids is refused
+    saved.tokenizer = tokenizer_of(step_dir, record if isinstance(record, dict) else None,
+                                   vocab_size=model_config.vocab_size, where=str(state_path))
     # fields of the wrong type would fail far from here (a list as the step, a string as a loader state)
     fine = (isinstance(saved.step, int) and saved.step >= 0 and isinstance(saved.world_size, int)
             and saved.world_size >= 1 and isinstance(saved.config, dict) and isinstance(saved.loader_states, list)

@@ -151,10 +151,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         validate(self)
 
-    def model_config(self) -> GPTConfig:
+    def model_config(self, vocab_size: int | None = None) -> GPTConfig:
+        """The model these settings describe, for a tokenizer of `vocab_size` ids (the data's: train passes it);
+        without it, GPT-2's (with the chat tokens under --chat)."""
         return GPTConfig(
             block_size=self.block_size or self.seq_len,
-            vocab_size=CHAT_VOCAB_SIZE if self.chat else VOCAB_SIZE,
+            vocab_size=vocab_size or (CHAT_VOCAB_SIZE if self.chat else VOCAB_SIZE),
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_embd=self.n_embd,

@@ -39,6 +39,7 @@ from torch.distributed.tensor import DTensor
 from gptscratch.errors import UserError
 from gptscratch.io import atomic_dir, writing
 from gptscratch.model import GPT
+from gptscratch.tokenizer import Tokenizer
 from gptscratch.train import checkpoint as ckpt
 from gptscratch.train.distributed import Dist, gather, on_master
 from gptscratch.train.optim import restore_peak_lr
@@ -93,7 +94,7 @@ def _optimizers(optimizer) -> list[torch.optim.Optimizer]:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model: GPT, optimizer, config: dict, loader_states: list[dict],
-                    rng_states: list[dict], keep: int, d: Dist) -> Path | None:
+                    rng_states: list[dict], keep: int, d: Dist, tokenizer: Tokenizer | None = None) -> Path | None:
     """Called on every rank: checkpoints/step_NNNNNN written as a whole, as checkpoint.save_checkpoint does;
     the path on rank 0, None elsewhere. A kill at any moment leaves the previous checkpoint whole."""
     final = ckpt_dir / f"step_{step:06d}"
@@ -112,7 +113,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: GPT, optimizer, config: di
             raise UserError(f"cannot write {tmp / 'dcp'}: {_first_line(e)}") from None
 
         def finish() -> Path:
-            ckpt.write_run_state(tmp, step, model.config, config, loader_states, rng_states, sharded=True)
+            ckpt.write_run_state(tmp, step, model.config, config, loader_states, rng_states, sharded=True,
+                                 tokenizer=tokenizer)
             stack.close()  # the rename: only now does step_NNNNNN exist
             ckpt.prune(ckpt_dir, keep)
             return final

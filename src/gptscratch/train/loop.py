@@ -30,14 +30,14 @@ from gptscratch.errors import UserError
 from gptscratch.evaluate import core
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
-from gptscratch.hf.pretrained import load_source
+from gptscratch.hf.pretrained import load_source, source_config
 from gptscratch.io import append_text
 from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
 from gptscratch.paths import DEFAULT_DATA
 from gptscratch.plot import plot_runs
 from gptscratch.precision import allow_tf32, autocast, autocast_dtype
-from gptscratch.tokenizer import get_encoding, token_bytes
+from gptscratch.tokenizer import Tokenizer, check_same
 from gptscratch.train import checkpoint as ckpt
 from gptscratch.train import fsdp, rundir
 from gptscratch.train.config import (
@@ -124,6 +124,11 @@ class Run:
         return self.run_dir / "checkpoints"
 
     @property
+    def tokenizer(self) -> Tokenizer:
+        """The data's, which every checkpoint of the run carries."""
+        return self.train_loader.tokenizer
+
+    @property
     def sharded(self) -> bool:
         """--parallel fsdp: every rank takes part in every forward pass, evaluation and sampling included."""
         return self.cfg.parallel == "fsdp"
@@ -188,12 +193,13 @@ def load_core_tasks(cfg: TrainConfig, d: Dist) -> list[core.TaskData] | None:
         raise UserError(f"{e} (or train with --core-interval 0)") from None
 
 
-def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None) -> GPT:
-    """The run's model: from --init-from or random weights, then the checkpoint's weights when resuming."""
+def build_model(cfg: TrainConfig, saved: ckpt.Checkpoint | None, tokenizer: Tokenizer) -> GPT:
+    """The run's model, its vocabulary the data's `tokenizer`'s: from --init-from or random weights, then the
+    checkpoint's weights when resuming."""
     if cfg.init_from and saved is None:  # a resumed run reads its own weights, not the source's again
-        model = load_source(cfg)
+        model = load_source(cfg, tokenizer)
     else:
-        model = GPT(cfg.model_config())
+        model = GPT(cfg.model_config(tokenizer.vocab_size))
     if saved is not None:  # an FSDP checkpoint's weights load once the model is sharded (setup)
         if asdict(saved.model_config) != asdict(model.config):
             diff = {k: (v, getattr(model.config, k)) for k, v in asdict(saved.model_config).items()
@@ -232,7 +238,12 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
         hellaswag = fsdp.even_split(hellaswag, d.world_size)  # as many forward passes on every rank
     core_tasks = load_core_tasks(cfg, d)
     train_loader, val_loader = open_data(cfg, d)
-    raw_model = build_model(cfg, saved).to(device)
+    tokenizer = train_loader.tokenizer
+    if saved is not None:
+        check_same(saved.tokenizer, str(saved.path), tokenizer, f"--data {cfg.data}")
+    elif cfg.init_from:
+        check_same(source_config(cfg.init_from)[1], f"--init-from {cfg.init_from}", tokenizer, f"--data {cfg.data}")
+    raw_model = build_model(cfg, saved, tokenizer).to(device)
     if cfg.parallel == "fsdp":
         fsdp.shard(raw_model, d, device, autocast_dtype(cfg.dtype, device))  # before the optimizer sees its params
     optimizer = build_optimizer(raw_model, cfg, device.type)
@@ -285,7 +296,7 @@ def estimate_val_loss(run: Run) -> tuple[float, float]:
     model = run.raw_model
     model.eval()
     run.val_loader.reset()  # the same val batches every time, so evaluations compare
-    sizes = torch.from_numpy(token_bytes(model.config.vocab_size)).to(run.device)
+    sizes = torch.from_numpy(run.tokenizer.token_bytes(model.config.vocab_size)).to(run.device)
     # nats over every target, nats over text targets, their bytes, the targets
     sums = torch.zeros(4, device=run.device)
     for _ in range(run.cfg.eval_batches):
@@ -305,8 +316,8 @@ def samples(run: Run) -> list[str]:
     cfg = run.cfg
     if cfg.num_samples == 0:
         return []
-    enc = get_encoding()
-    prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
+    enc = run.tokenizer.enc
+    prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [run.tokenizer.eot]
     idx = torch.tensor([prompt] * cfg.num_samples, dtype=torch.long, device=run.device)
     g = torch.Generator(device=run.device).manual_seed(cfg.seed)
     out = generate(run.raw_model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, generator=g, amp=run.amp)
@@ -321,11 +332,11 @@ def evaluate(run: Run, step: int, last_step: bool) -> float | None:
         run.log.write(step=step, val_loss=val, val_bpb=bpb)
     if run.hellaswag is not None and step > 0 and (step % cfg.hellaswag_interval == 0 or last_step):
         hs = hellaswag_eval(run.raw_model, run.hellaswag, run.device, rank=run.d.rank, world_size=run.d.world_size,
-                            amp=run.amp)
+                            amp=run.amp, tokenizer=run.tokenizer)
         run.log.write(step=step, hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"], hellaswag_n=hs["n"])
     if run.core is not None and step > 0 and (step % cfg.core_interval == 0 or last_step):
         result = core.evaluate_core(run.raw_model, run.core, run.device, rank=run.d.rank, world_size=run.d.world_size,
-                                    amp=run.amp)
+                                    amp=run.amp, tokenizer=run.tokenizer)
         run.log.write(step=step, core=result["core_metric"])
     if (run.d.master or run.sharded) and cfg.sample_interval > 0 and step > 0 and step % cfg.sample_interval == 0:
         texts = samples(run)  # under FSDP every rank takes part in each forward pass; rank 0 prints
@@ -396,10 +407,10 @@ def save_checkpoint(run: Run, step: int, states: tuple[list[dict], list[dict]]) 
     loaders, rngs = states
     if run.sharded:  # every rank writes its shards
         path = fsdp.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer, asdict(run.cfg), loaders, rngs,
-                                    run.cfg.keep, run.d)
+                                    run.cfg.keep, run.d, run.tokenizer)
         return str(path) if path else None
     path = on_master(run.d, lambda: ckpt.save_checkpoint(run.ckpt_dir, step, run.raw_model, run.optimizer,
-                                                           asdict(run.cfg), loaders, rngs, run.cfg.keep))
+                                                           asdict(run.cfg), loaders, rngs, run.cfg.keep, run.tokenizer))
     return str(path) if path else None
 
 
