@@ -137,7 +137,7 @@ class Tokenizer:
 
     def describe(self) -> str:
         """How an error message names it."""
-        return "GPT-2's" if self.sha256 is None else f"{self.name!r} (sha256 {self.sha256[:12]}…)"
+        return "GPT-2's BPE" if self.sha256 is None else f"the tokenizer {self.name!r} (sha256 {self.sha256[:12]}…)"
 
     def record(self) -> dict:
         """What a data manifest or a checkpoint's state.json says of it."""
@@ -291,7 +291,7 @@ def tokenizer_of(directory: str | os.PathLike, record: dict | None = None, vocab
 def check_same(a: Tokenizer, a_where: str, b: Tokenizer, b_where: str) -> None:
     """Refuse, in one line, two things whose ids mean different text."""
     if not a.same_as(b):
-        raise UserError(f"{a_where} uses {a.describe()} tokenizer, {b_where} {b.describe()}: their ids mean different "
+        raise UserError(f"{a_where} uses {a.describe()}, {b_where} {b.describe()}: their ids mean different "
                         "text; use data prepared with the model's tokenizer (`gptscratch prepare ... --tokenizer DIR`)")
 
 

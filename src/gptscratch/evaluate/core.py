@@ -415,7 +415,7 @@ def check_vocab(model: torch.nn.Module, tokenizer: Tokenizer | None = None) -> N
     vocab, tok = _unwrap(model).config.vocab_size, tokenizer or gpt2()
     if vocab < tok.vocab_size:
         raise UserError(f"the model's vocabulary has {vocab:,} tokens; CORE is tokenized with {tok.describe()} "
-                        f"tokenizer ({tok.vocab_size:,} tokens), which needs a model of at least as many")
+                        f"({tok.vocab_size:,} tokens), which needs a model of at least as many")
 
 
 class _PrefixRecorder:
