@@ -466,14 +466,14 @@ def _continue(model: torch.nn.Module, idx: torch.Tensor, cache: _AfterPrefix) ->
     return tf.ln_f(x)
 
 
-def _logits(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """GPT.forward's head on some positions only: float32 logits of the tokenizer's ids (the model's unpadded
-    vocabulary, special tokens included, as nanochat's head gives them)."""
+def _logits(model: torch.nn.Module, h: torch.Tensor, vocab: int) -> torch.Tensor:
+    """GPT.forward's head on some positions only: float32 logits of the tokenizer's `vocab` ids (a model's rows
+    past them, nanoGPT's padding to 50,304, stay out of the softmax)."""
     logits = model.lm_head(h)
     cap = model.config.logit_softcap
     if cap:
         logits = cap * torch.tanh(logits / cap)
-    return logits[..., :model.config.vocab_size].float()
+    return logits[..., :vocab].float()
 
 
 def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
@@ -485,7 +485,8 @@ def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return out.to(device)
 
 
-def _option_means(model: torch.nn.Module, batch: list[Encoded], device: torch.device) -> list[list[float]]:
+def _option_means(model: torch.nn.Module, batch: list[Encoded], device: torch.device,
+                  vocab: int) -> list[list[float]]:
     """Each option's mean cross-entropy over its scored tokens (NaN if none), for a batch of examples."""
     # identical options (same tokens, same span) are scored once, so that equals stay equal
     rows, spans, owner, slots = [], [], [], []
@@ -525,7 +526,7 @@ def _option_means(model: torch.nn.Module, batch: list[Encoded], device: torch.de
         if not at:
             continue
         at_t = torch.tensor(at, device=device)
-        losses = F.cross_entropy(_logits(model, h[at_t, torch.tensor(pos, device=device)]),
+        losses = F.cross_entropy(_logits(model, h[at_t, torch.tensor(pos, device=device)], vocab),
                                  torch.tensor(target, device=device), reduction="none")
         row_of = torch.tensor([group[j] for j in at])
         sums.index_add_(0, row_of, losses.cpu())
@@ -550,7 +551,7 @@ def _groups(rows: list[list[int]], starts: list[int], block_size: int) -> list[l
     return groups
 
 
-def _lm_verdicts(model: torch.nn.Module, batch: list[Encoded], device: torch.device) -> list[int]:
+def _lm_verdicts(model: torch.nn.Module, batch: list[Encoded], device: torch.device, vocab: int) -> list[int]:
     """1 where the model's argmax is every scored token of the example, else 0."""
     rows = [ex.rows[0] for ex in batch]
     h = model.hidden_states(_pad(rows, device))
@@ -562,7 +563,7 @@ def _lm_verdicts(model: torch.nn.Module, batch: list[Encoded], device: torch.dev
             target.append(row[q + 1])
     wrong = torch.zeros(len(rows))
     if at:
-        hit = _logits(model, h[torch.tensor(at, device=device), torch.tensor(pos, device=device)]).argmax(-1)
+        hit = _logits(model, h[torch.tensor(at, device=device), torch.tensor(pos, device=device)], vocab).argmax(-1)
         miss = (hit != torch.tensor(target, device=device)).float().cpu()
         wrong.index_add_(0, torch.tensor(at), miss)
     return [int(wrong[j] == 0 and len(ex.spans[0]) > 0) for j, ex in enumerate(batch)]
@@ -581,6 +582,7 @@ def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], devi
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     check_vocab(model, tokenizer)
     raw, device = _unwrap(model), torch.device(device)
+    vocab = (tokenizer or gpt2()).vocab_size
     lm = data.task.task_type == "language_modeling"
     out: list[int] = []
     was_training = raw.training
@@ -599,9 +601,9 @@ def predictions(model: torch.nn.Module, data: TaskData, indices: list[int], devi
                     batch = [encoded[i] for i in ids]
                     with autocast(device, amp):
                         if lm:
-                            verdicts = _lm_verdicts(raw, batch, device)
+                            verdicts = _lm_verdicts(raw, batch, device, vocab)
                         else:  # nanochat's pick: list.index(min(...)), NaN and ties included
-                            verdicts = [m.index(min(m)) for m in _option_means(raw, batch, device)]
+                            verdicts = [m.index(min(m)) for m in _option_means(raw, batch, device, vocab)]
                     for i, v in zip(ids, verdicts, strict=True):
                         got[i] = v
                     bar.update(len(ids))
