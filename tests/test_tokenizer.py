@@ -282,3 +282,34 @@ def test_a_damaged_or_too_large_tokenizer_is_refused_in_one_line_and_nothing_is_
                  str(tmp_path / "r"), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ranks.tiktoken" in err, err
+
+
+def test_conversations_prepare_and_fine_tune_with_your_tokenizers_own_chat_tokens(own, tmp_path, capsys):
+    from gptscratch.chat import encode_conversation
+    from gptscratch.cli import main
+    from gptscratch.repl import reply
+    from gptscratch.train.checkpoint import load_checkpoint
+    from tests.helpers import read_stream, rule_conversations, write_jsonl
+
+    root, tok, _ = own
+    convs = rule_conversations(60)
+    assert main(["prepare", str(write_jsonl(tmp_path / "c.jsonl", convs)), "--chat",
+                 "--tokenizer", str(root / "tok"), "--out", str(tmp_path / "chat"), "--quiet", "--workers", "1"]) == 0
+    want = [i for c in convs for i in encode_conversation(c, tok)[0]]
+    assert read_stream(tmp_path / "chat").tolist() == want
+    assert {tok.user_start, tok.assistant_end} <= set(want) and max(want) < OWN_VOCAB
+    assert json.loads((tmp_path / "chat" / "manifest.json").read_text())["chat"]["tokens"]["<|assistant_end|>"] \
+        == OWN_VOCAB - 1
+    # SFT from the base model: no new rows, the same tokenizer; its loss over the assistant's tokens
+    assert main(["train", "--preset", "sft", "--device", "cpu", "--data", str(tmp_path / "chat"), "--init-from",
+                 str(root / "run"), "--out", str(tmp_path / "sft"), "--seq-len", "16", "--batch-size", "4",
+                 "--max-steps", "2", "--eval-interval", "2", "--eval-batches", "1", "--sample-interval", "0",
+                 "--hellaswag-interval", "0", "--total-batch-tokens", "0"]) == 0
+    saved = load_checkpoint(tmp_path / "sft")
+    assert saved.model_config.vocab_size == OWN_VOCAB and saved.tokenizer.sha256 == tok.sha256
+    capsys.readouterr()
+    assert main(["eval", "loss", "--ckpt", str(tmp_path / "sft"), "--data", str(tmp_path / "chat"), "--seq-len",
+                 "16", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["chat"] is True
+    answer = reply(saved.load_model(), [{"role": "user", "content": "hi"}], 4, tok=saved.tokenizer)
+    assert isinstance(answer, str)
