@@ -313,3 +313,37 @@ def test_conversations_prepare_and_fine_tune_with_your_tokenizers_own_chat_token
     assert json.loads(capsys.readouterr().out)["chat"] is True
     answer = reply(saved.load_model(), [{"role": "user", "content": "hi"}], 4, tok=saved.tokenizer)
     assert isinstance(answer, str)
+
+
+def test_an_export_carries_your_tokenizer_for_transformers_and_for_gptscratch(own, tmp_path, capsys):
+    import torch
+
+    from gptscratch.cli import main
+    from gptscratch.train.checkpoint import load_model
+
+    transformers = pytest.importorskip("transformers")
+    root, tok, _ = own
+    out = tmp_path / "hf"
+    assert main(["export", "--ckpt", str(root / "run"), "--out", str(out)]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    for text in [*PHRASES, "  two  spaces\n\n\nand 1234567 😀😀", "<|user_start|>hi<|assistant_end|>"]:
+        assert hf_tok.encode(text, add_special_tokens=False) == tok.enc.encode(text, allowed_special="all"), text
+    config = json.loads((out / "config.json").read_text())
+    assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == \
+        (OWN_VOCAB, tok.eot, [tok.eot, tok.assistant_end])
+    ids = torch.tensor([tok.enc.encode("naïve café 日本語")])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        ours, _ = load_model(root / "run").eval()(ids)
+        assert torch.allclose(hf(ids).logits, ours[..., :OWN_VOCAB], atol=1e-4)
+    # gptscratch reads the export back with its tokenizer: as a model to score, and as a source to train from
+    capsys.readouterr()
+    assert main(["eval", "loss", "--hf", str(out), "--data", str(root / "data"), "--seq-len", "16", "--json",
+                 "--device", "cpu"]) == 0
+    from_hf = json.loads(capsys.readouterr().out)
+    assert main(["eval", "loss", "--ckpt", str(root / "run"), "--data", str(root / "data"), "--seq-len", "16",
+                 "--json", "--device", "cpu"]) == 0
+    assert from_hf["bpb"] == pytest.approx(json.loads(capsys.readouterr().out)["bpb"], abs=1e-5)
+    assert main(["train", "--preset", "tiny", "--device", "cpu", "--data", str(root / "data"), "--out",
+                 str(tmp_path / "ft"), "--init-from", str(out), "--seq-len", "16", "--batch-size", "4", "--max-steps",
+                 "1", "--eval-interval", "0", "--sample-interval", "0", "--hellaswag-interval", "0"]) == 0

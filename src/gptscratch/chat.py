@@ -13,8 +13,8 @@ The four chat tokens take ids 50257-50260, rows that a model padded to a multipl
 has, so a GPT-2 checkpoint keeps its shape; a chat model is one whose vocabulary is those 50,261 tokens
 (`is_chat_model`), which its checkpoint and its export both record. A tokenizer of your own (tokenizer.py) has
 the same four right after its `<|endoftext|>` from the start, so every function here takes the model's
-`Tokenizer` (GPT-2's with the chat tokens by default) and reads the ids from it. Message text is encoded as ordinary text:
-a user who types `<|assistant_end|>` gets those characters, never the token.
+`Tokenizer` (GPT-2's with the chat tokens by default) and reads the ids from it. Message text is encoded as
+ordinary text: a user who types `<|assistant_end|>` gets those characters, never the token.
 
 The mask is 1 exactly on the tokens the assistant writes, its text and its `<|assistant_end|>`; the
 `<|assistant_start|>` that opens its turn belongs to the prompt (`render_prompt` ends with it). Since no text
