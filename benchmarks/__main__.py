@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from benchmarks import (
+    bpe_trainers,
     core,
     fsdp_memory,
     gpu,
@@ -39,6 +40,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     gpu.add_parsers(sub)  # gpu
     gpu_ab.add_parsers(sub)  # gpu-ab
     train_check.add_parsers(sub)  # train-check
+    bpe_trainers.add_parsers(sub)  # bpe-trainers
     return parser
 
 
