@@ -16,6 +16,7 @@ from benchmarks import (
     recipes,
     serve_bench,
     sft_packing,
+    tokenizer_bpb,
     train_check,
     vs_tiktoken,
     vs_transformers,
@@ -41,6 +42,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     gpu_ab.add_parsers(sub)  # gpu-ab
     train_check.add_parsers(sub)  # train-check
     bpe_trainers.add_parsers(sub)  # bpe-trainers
+    tokenizer_bpb.add_parsers(sub)  # tokenizer-bpb
     return parser
 
 
