@@ -151,6 +151,7 @@ def test_compare_trains_for_the_budget_and_records_val_bpb(gpt2_data, tmp_path, 
     assert rec["tokenizer"] == "gpt2" and rec["seed"] == 3 and rec["vocab_size"] == 50257
     assert rec["steps"] == rec["settings"]["max_steps"] == schedule("tiny", 0.2, rec["s_per_step_calibrated"])[0]
     assert 0 < rec["val_bpb"] < 20 and rec["eval"]["split"] == "val" and rec["train_s"] > 0
+    assert 0.85 < rec["scored_bytes_fraction"] < 1  # bpb over (nearly) all of the val text
     assert json.loads((work / "runs" / "gpt2-3" / "record.json").read_text()) == rec
     # run again: the same calibration, so the same --max-steps, and the finished run is reused as it is
     assert compare(work, "tiny", [], "tiny", [3], 0.2, 6, 1, 0) == [rec]
