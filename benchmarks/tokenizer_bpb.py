@@ -44,8 +44,8 @@ Then, per corpus and tokenizer (`gpt2`, `bpeV`), with the `--preset` (modern-dem
 4. `gptscratch eval loss --ckpt RUN --data D --json` over every val window: val loss and bits per byte (the
    summed loss over the scored tokens over the UTF-8 bytes they stand for). Each tokenizer's windows leave
    out at most one window's tail of val (seq_len tokens): bpb is a rate over what was scored, so this does
-   not bias it. The bytes it scored must be nearly all of val.jsonl's (85-100%: each window's first token is
-   context only), or the benchmark stops: bpb over another byte count would compare nothing.
+   not bias it. The bytes it scored must be nearly all of val.jsonl's (85-100%; on Shakespeare 99.97%), or
+   the benchmark stops: bpb over another byte count would compare nothing.
 Each run leaves `record.json` in its run directory (a finished one is reused). `report` reads only those:
 per corpus and tokenizer, val bpb mean ± sd over seeds, val loss, steps, tokens/s, seconds of training steps
 and wall-clock, and each trained tokenizer's bpb against GPT-2's (difference and Welch's t). Last line of
@@ -325,7 +325,7 @@ def train_arm(work: Path, corpus: str, arm: dict, preset: str, seed: int, steps:
     wall = time.perf_counter() - t0
     val = last_json(gptscratch("eval", "loss", "--ckpt", str(run), "--data", arm["data"], "--device", "cpu",
                                "--json"))
-    scored = val["bytes"] / arm["val_bytes"]  # all but each window's first token and the last window's tail
+    scored = val["bytes"] / arm["val_bytes"]  # all but the split's first token and the last window's tail
     if not 0.85 <= scored <= 1.0:  # bits per byte over bytes that are not this val text's would compare nothing
         raise SystemExit(f"eval loss of {run} scored {val['bytes']:,} bytes of the val text's {arm['val_bytes']:,}; "
                          "expected nearly all: does it count bytes with the data directory's tokenizer?")
