@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from benchmarks import (
+    bpe_trainers,
     core,
     fsdp_memory,
     gpu,
@@ -15,6 +16,7 @@ from benchmarks import (
     recipes,
     serve_bench,
     sft_packing,
+    tokenizer_bpb,
     train_check,
     vs_tiktoken,
     vs_transformers,
@@ -39,6 +41,8 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     gpu.add_parsers(sub)  # gpu
     gpu_ab.add_parsers(sub)  # gpu-ab
     train_check.add_parsers(sub)  # train-check
+    bpe_trainers.add_parsers(sub)  # bpe-trainers
+    tokenizer_bpb.add_parsers(sub)  # tokenizer-bpb
     return parser
 
 

@@ -147,7 +147,8 @@ def test_every_benchmark_is_python_m_benchmarks_name_and_none_is_a_script_of_its
 
     sub = next(a for a in build_parser()._actions if a.dest == "bench_command")
     assert set(sub.choices) == {"train", "generate", "prepare", "serve", "loader", "fsdp-memory", "nanogpt",
-                                "recipes", "gpu", "gpu-ab", "train-check", "core", "sft-packing"}
+                                "recipes", "gpu", "gpu-ab", "train-check", "core", "sft-packing", "bpe-trainers",
+                                "tokenizer-bpb"}
     folder = Path(__file__).resolve().parents[2] / "benchmarks"
     scripts = sorted(p.name for p in folder.glob("*.py") if '__name__ == "__main__"' in p.read_text())
     assert scripts == ["__main__.py", "fsdp_memory.py"]  # fsdp_memory.py: the worker torchrun starts on each rank
