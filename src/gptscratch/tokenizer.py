@@ -26,9 +26,8 @@ import hashlib
 import importlib.resources
 import json
 import os
-import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +109,9 @@ class Tokenizer:
     chat: bool
     sha256: str | None = None  # None: GPT-2's
     path: Path | None = None  # a trained tokenizer's directory
+    # a trained tokenizer's two files as read (and hashed) when it loaded: every copy is of these bytes, whatever
+    # happens to the directory since
+    files: dict[str, bytes] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -156,12 +158,12 @@ class Tokenizer:
 
     def copy_files(self, dest: Path) -> None:
         """A trained tokenizer's two files into the directory `dest`."""
-        for name in (RANKS_FILE, MANIFEST):
-            shutil.copyfile(self.path / name, dest / name)
+        for name, data in (self.files or {}).items():
+            (dest / name).write_bytes(data)
 
     def manifest(self) -> dict:
         """A trained tokenizer's manifest.json (its pattern, special tokens, ...)."""
-        return json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        return json.loads((self.files or {})[MANIFEST])
 
     def token_bytes(self, rows: int = 0) -> np.ndarray:
         """The UTF-8 bytes each id stands for (int64, one per id, at least `rows` of them): 0 for the special
@@ -213,8 +215,9 @@ def _incomplete(path: Path, e: FileNotFoundError) -> UserError:
 @functools.lru_cache(maxsize=8)
 def _load_trained(path: Path, _key: tuple) -> Tokenizer:
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest_bytes = (path / MANIFEST).read_bytes()
         data = (path / RANKS_FILE).read_bytes()
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
     except FileNotFoundError as e:
         raise _incomplete(path, e) from None
     except (OSError, ValueError) as e:
@@ -240,7 +243,8 @@ def _load_trained(path: Path, _key: tuple) -> Tokenizer:
                         f"special tokens last ({', '.join(SPECIAL_TOKENS)}); expected a tokenizer directory written "
                         "by `gptscratch tokenizer train`")
     enc = encoding(manifest, ranks)
-    return Tokenizer(enc, special[SPECIAL_TOKENS[0]], chat=True, sha256=digest, path=path)
+    return Tokenizer(enc, special[SPECIAL_TOKENS[0]], chat=True, sha256=digest, path=path,
+                     files={RANKS_FILE: data, MANIFEST: manifest_bytes})
 
 
 def encoding(manifest: dict, ranks: dict[bytes, int]) -> tiktoken.Encoding:
