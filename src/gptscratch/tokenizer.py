@@ -264,6 +264,18 @@ def parse_ranks(data: bytes, where: Path) -> dict[bytes, int]:
     return ranks
 
 
+def gpt2_for(vocab_size: int | None) -> Tokenizer:
+    """GPT-2's tokenizer for a model of `vocab_size` ids (unpadded): with the chat tokens for a chat model's
+    50,261, the vocabulary that tells a chat model from a base one."""
+    return gpt2(chat=vocab_size == CHAT_VOCAB_SIZE)
+
+
+def trained_or_gpt2(directory: str | os.PathLike | None, chat: bool = False) -> Tokenizer:
+    """The trained tokenizer in `directory` (loaded once per process: prepare's workers ask for it every batch),
+    else GPT-2's (with the chat tokens with `chat`)."""
+    return load_trained(directory) if directory else gpt2(chat)
+
+
 def tokenizer_of(directory: str | os.PathLike, record: dict | None = None, vocab_size: int | None = None,
                  where: str | None = None) -> Tokenizer:
     """The tokenizer of a data, checkpoint or export `directory`: its `tokenizer/` copy, else GPT-2's.
@@ -288,8 +300,7 @@ def tokenizer_of(directory: str | os.PathLike, record: dict | None = None, vocab
         return tok
     if vocab_size is not None:
         check_model_vocab(vocab_size, where)
-    size = vocab_size if vocab_size is not None else (record or {}).get("vocab_size")
-    return gpt2(chat=size == CHAT_VOCAB_SIZE)
+    return gpt2_for(vocab_size if vocab_size is not None else (record or {}).get("vocab_size"))
 
 
 def check_same(a: Tokenizer, a_where: str, b: Tokenizer, b_where: str) -> None:

@@ -38,7 +38,7 @@ from gptscratch.data.sources import (
     parquet_column,
 )
 from gptscratch.errors import UserError
-from gptscratch.tokenizer import SPECIAL_TOKENS, Tokenizer, gpt2, load_trained
+from gptscratch.tokenizer import SPECIAL_TOKENS, Tokenizer, trained_or_gpt2
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 DEFAULT_FIELD = "messages"
@@ -49,7 +49,7 @@ def encode_conversations(rows: list[str], field: str, skip_bad: bool,
     """prepare's `encode_batch` for conversations: the ids of every row (each opening with <|endoftext|>) as one
     uint16 array, and each row's count, 0 for a bad row skipped. `tokenizer`: a trained tokenizer's directory,
     else GPT-2's with the chat tokens."""
-    tok = load_trained(tokenizer) if tokenizer else gpt2(chat=True)
+    tok = trained_or_gpt2(tokenizer, chat=True)
     chunks, lengths = [], []
     for row in rows:
         where, messages = _unpack(row, field)

@@ -57,8 +57,7 @@ from gptscratch.tokenizer import (
     TOKENIZER_DIR,
     VOCAB_BPE_SHA256,
     Tokenizer,
-    gpt2,
-    load_trained,
+    trained_or_gpt2,
 )
 
 DEFAULT_SHARD_TOKENS = 10**8
@@ -100,16 +99,11 @@ def default_workers() -> int:
 # --- tokenizing --------------------------------------------------------------------------------
 
 
-def tokenizer_for(directory: str | None, chat: bool = False) -> Tokenizer:
-    """--tokenizer's (loaded once per process: workers call this for every batch), else GPT-2's."""
-    return load_trained(directory) if directory else gpt2(chat)
-
-
 def encode_batch(texts: list[str], tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The tokens of `texts`, each preceded by <|endoftext|>, as one uint16 array, plus each
     document's token count. Empty or whitespace-only texts give no tokens at all (count 0).
     `tokenizer`: a trained tokenizer's directory (a path, which pickles small for the workers), else GPT-2's."""
-    tok = tokenizer_for(tokenizer)
+    tok = trained_or_gpt2(tokenizer)
     ids = [tok.enc.encode_ordinary(t) if t and not t.isspace() else None for t in texts]
     lengths = np.fromiter((0 if x is None else len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     # one pass from the Python lists into a preallocated uint16 array, no intermediate int64 array
@@ -394,7 +388,7 @@ def prepare(source: str, out_dir: str | os.PathLike, **options: Any) -> dict:
     if opts.skip_bad and not opts.chat:
         raise UserError("--skip-bad: only with --chat (it leaves out bad conversations)")
     text_field = opts.text_field or (conversations.DEFAULT_FIELD if opts.chat else "text")
-    tok = tokenizer_for(opts.tokenizer, opts.chat)  # a bad --tokenizer fails here, before the source opens
+    tok = trained_or_gpt2(opts.tokenizer, opts.chat)  # a bad --tokenizer fails here, before the source opens
     tok_dir = str(tok.path) if tok.path else None
     encode: Encode = functools.partial(encode_batch, tokenizer=tok_dir)
     if opts.chat:

@@ -23,19 +23,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptscratch.chat import assistant_mask, is_chat_model
+from gptscratch.chat import assistant_mask
 from gptscratch.data.shards import data_tokenizer, find_shards, is_chat_data, open_shard
 from gptscratch.errors import UserError
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import Tokenizer, check_same, gpt2
+from gptscratch.tokenizer import Tokenizer, check_same, gpt2_for
 
 
-def split_windows(data_dir: str | Path, split: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_windows(data_dir: str | Path, split: str, seq_len: int,
+                  tok: Tokenizer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of every (seq_len + 1)-token window of the split at stride seq_len, each int64
     (windows, seq_len); on chat data a target the assistant did not write is -1."""
     chat = is_chat_data(data_dir)
-    tok = data_tokenizer(data_dir)
+    tok = tok or data_tokenizer(data_dir)
     stream = np.concatenate([np.asarray(open_shard(s.path, sha256=s.sha256, vocab_size=tok.vocab_size))
                              for s in find_shards(data_dir, split)])
     n = (len(stream) - 1) // seq_len
@@ -66,13 +67,14 @@ def split_loss(model: GPT, data_dir: str | Path, split: str = "val", seq_len: in
         raise UserError(f"--seq-len {seq_len} exceeds the model's context of {model.config.block_size} tokens")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    tokenizer = tokenizer or gpt2(chat=is_chat_model(model.config))
-    check_same(tokenizer, "the model", data_tokenizer(data_dir), f"--data {data_dir}")
+    tokenizer = tokenizer or gpt2_for(model.config.vocab_size)
+    data_tok = data_tokenizer(data_dir)
+    check_same(tokenizer, "the model", data_tok, f"--data {data_dir}")
     chat = is_chat_data(data_dir)
     if chat and not tokenizer.chat:  # its logits have no column for a chat token to score
         raise UserError(f"--data {data_dir}: holds conversations, which only a chat model scores (this model's "
                         f"vocabulary is {model.config.vocab_size} tokens, without the chat tokens)")
-    inputs, targets_all = split_windows(data_dir, split, seq_len)
+    inputs, targets_all = split_windows(data_dir, split, seq_len, data_tok)
     was_training = model.training
     model.eval()
     total, count, text_nats, text_bytes = 0.0, 0, 0.0, 0

@@ -72,8 +72,9 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{directory}: holds neither model.safetensors nor pytorch_model.bin")
 
 
-def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
-    """(directory, model_type, our config) of a Hugging Face directory or hub id, without reading weights.
+def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig, Tokenizer]:
+    """(directory, model_type, our config, its tokenizer) of a Hugging Face directory or hub id, without reading
+    weights.
 
     GPT-2 (GPT2LMHeadModel) is GPT-2 exactly; Qwen3 and Llama are read as the modern options they match
     (the directories `gptscratch export` writes for rope/rmsnorm/swiglu models).
@@ -97,18 +98,23 @@ def read_hf_config(path_or_id: str) -> tuple[Path, str, GPTConfig]:
         raise UserError(f"{cfg_path}: model_type is {model_type!r}; gptscratch reads gpt2, and the qwen3 or llama "
                         "models it exports")
     # every reader of HF models passes here: a vocabulary that cannot hold its tokenizer's ids is refused
-    tokenizer_of(directory, vocab_size=config.vocab_size, where=str(cfg_path))
-    return directory, model_type, config
+    tokenizer = tokenizer_of(directory, vocab_size=config.vocab_size, where=str(cfg_path))
+    return directory, model_type, config, tokenizer
+
+
+def load_hf_model(path_or_id: str, vocab_multiple: int = 1) -> tuple[GPT, Tokenizer]:
+    """A Hugging Face checkpoint (a local directory or a hub id like `gpt2`) as our GPT: a GPT2LMHeadModel,
+    or a Qwen3/Llama model of the shape gptscratch exports; and its tokenizer (an export's own copy in
+    `tokenizer/`, else GPT-2's)."""
+    directory, model_type, config, tokenizer = read_hf_config(path_or_id)
+    hf_sd = _read_state_dict(directory)
+    load = load_gpt2 if model_type == "gpt2" else load_modern
+    return load(directory, config, hf_sd, vocab_multiple), tokenizer
 
 
 def load_hf(path_or_id: str, vocab_multiple: int = 1) -> GPT:
-    """A Hugging Face checkpoint (a local directory or a hub id like `gpt2`) as our GPT: a GPT2LMHeadModel,
-    or a Qwen3/Llama model of the shape gptscratch exports."""
-    directory, model_type, config = read_hf_config(path_or_id)
-    hf_sd = _read_state_dict(directory)
-    if model_type != "gpt2":
-        return load_modern(directory, config, hf_sd, vocab_multiple)
-    return load_gpt2(directory, config, hf_sd, vocab_multiple)
+    """`load_hf_model`'s model alone."""
+    return load_hf_model(path_or_id, vocab_multiple)[0]
 
 
 def save_hf(model: GPT, directory: str | os.PathLike, overwrite: bool = False,

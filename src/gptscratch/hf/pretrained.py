@@ -29,10 +29,10 @@ import torch
 
 from gptscratch.chat import CHAT_VOCAB_SIZE, is_chat_model
 from gptscratch.errors import UserError
-from gptscratch.hf import load_hf, read_hf_config
+from gptscratch.hf import load_hf_model, read_hf_config
 from gptscratch.hf.modern import is_gpt2
 from gptscratch.model import GPT, GPTConfig
-from gptscratch.tokenizer import VOCAB_SIZE, Tokenizer, tokenizer_of
+from gptscratch.tokenizer import VOCAB_SIZE, Tokenizer, check_same
 from gptscratch.train.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from gptscratch.train.config import MODEL_OPTIONS, TrainConfig
 
@@ -56,8 +56,7 @@ def source_config(spec: str) -> tuple[GPTConfig, Tokenizer]:
     if step is not None:
         saved = load_checkpoint(step)
         return saved.model_config, saved.tokenizer
-    directory, _, config = read_hf_config(spec)
-    return config, tokenizer_of(directory, vocab_size=config.vocab_size)
+    return read_hf_config(spec)[2:]
 
 
 def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
@@ -88,11 +87,15 @@ def with_source_shape(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
 
 
 def load_source(cfg: TrainConfig, tokenizer: Tokenizer) -> GPT:
-    """A model of `cfg`'s shape (from `with_source_shape`) for the run's `tokenizer` (its data's: the same as the
-    source's, checked by then) holding the source's weights."""
+    """A model of `cfg`'s shape (from `with_source_shape`) for the run's `tokenizer` (its data's, which must be the
+    source's) holding the source's weights."""
     step = _checkpoint_path(cfg.init_from)
-    source = load_checkpoint(step).load_model() if step is not None else \
-        load_hf(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
+    if step is not None:
+        saved = load_checkpoint(step)
+        source, source_tokenizer = saved.load_model(), saved.tokenizer
+    else:
+        source, source_tokenizer = load_hf_model(cfg.init_from, vocab_multiple=cfg.vocab_multiple)
+    check_same(source_tokenizer, f"--init-from {cfg.init_from}", tokenizer, f"--data {cfg.data}")
     model = GPT(cfg.model_config(tokenizer.vocab_size))  # the run's own dropout; the shape is the source's
     state = source.state_dict()
     if cfg.chat and tokenizer.sha256 is None and not is_chat_model(source.config):  # GPT-2's, without chat rows
@@ -142,8 +145,7 @@ def load_model_arg(args: argparse.Namespace, device: torch.device) -> tuple[GPT,
     """The model named by --hf or --ckpt (checked by check_model_args), on `device`, in eval mode, and its
     tokenizer (the copy beside its weights, else GPT-2's)."""
     if args.hf:
-        model = load_hf(args.hf)
-        tok = tokenizer_of(read_hf_config(args.hf)[0], vocab_size=model.config.vocab_size)
+        model, tok = load_hf_model(args.hf)
     else:
         saved = load_checkpoint(args.ckpt)
         model, tok = saved.load_model(), saved.tokenizer

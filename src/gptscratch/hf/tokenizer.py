@@ -27,7 +27,7 @@ import tiktoken
 
 from gptscratch.chat import CHAT_TOKENS, is_chat_model
 from gptscratch.io import write_json
-from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2, vocab_files
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2_for, vocab_files
 
 EOT = "<|endoftext|>"
 FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -48,7 +48,7 @@ CHAT_TEMPLATE = (
 def eos_token_id(config: Any, tok: Tokenizer | None = None) -> int | list[int]:
     """The ids that end generation in an export's config.json, for the model's tokenizer `tok` (GPT-2's by
     default): a chat model's reply ends at `<|assistant_end|>`."""
-    tok = tok or gpt2(chat=is_chat_model(config))
+    tok = tok or gpt2_for(config.vocab_size)
     return [tok.eot, tok.assistant_end] if tok.chat else tok.eot
 
 

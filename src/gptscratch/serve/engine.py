@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gptscratch.chat import is_chat_model
 from gptscratch.generate import next_token
 from gptscratch.model import GPT
 from gptscratch.precision import autocast
-from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2
+from gptscratch.tokenizer import EOT_TOKEN, Tokenizer, gpt2_for
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ class Engine:
         self.max_batch, self.max_queue, self.amp = max_batch, max_queue, amp
         # the model's (its checkpoint's); by default GPT-2's, with the chat tokens for a chat model, which
         # samples them too
-        self.tokenizer = tokenizer or gpt2(chat=is_chat_model(model.config))
+        self.tokenizer = tokenizer or gpt2_for(model.config.vocab_size)
         self.chat = self.tokenizer.chat
         self.enc = self.tokenizer.enc
         # the ids a request may use or get: a model's rows beyond the tokenizer's (nanoGPT's 50,304) have no text

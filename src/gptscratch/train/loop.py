@@ -30,7 +30,7 @@ from gptscratch.errors import UserError
 from gptscratch.evaluate import core
 from gptscratch.evaluate.hellaswag import Example, default_file, hellaswag_eval, load_examples
 from gptscratch.generate import generate
-from gptscratch.hf.pretrained import load_source, source_config
+from gptscratch.hf.pretrained import load_source
 from gptscratch.io import append_text
 from gptscratch.mfu import flops_per_token, mfu, peak_flops
 from gptscratch.model import GPT
@@ -239,10 +239,8 @@ def setup(cfg: TrainConfig, saved: ckpt.Checkpoint | None, d: Dist, device: torc
     core_tasks = load_core_tasks(cfg, d)
     train_loader, val_loader = open_data(cfg, d)
     tokenizer = train_loader.tokenizer
-    if saved is not None:
+    if saved is not None:  # a source's tokenizer is checked against the data's as it loads (load_source)
         check_same(saved.tokenizer, str(saved.path), tokenizer, f"--data {cfg.data}")
-    elif cfg.init_from:
-        check_same(source_config(cfg.init_from)[1], f"--init-from {cfg.init_from}", tokenizer, f"--data {cfg.data}")
     raw_model = build_model(cfg, saved, tokenizer).to(device)
     if cfg.parallel == "fsdp":
         fsdp.shard(raw_model, d, device, autocast_dtype(cfg.dtype, device))  # before the optimizer sees its params
