@@ -273,8 +273,10 @@ def run(args: argparse.Namespace) -> int:
         result = bench(args.corpus, vocab_sizes, args.repeats, Path(tmp))
     print_table(result)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        # imported here, not at the top: each trainer's process imports this module, and harness loads torch
+        from benchmarks.harness import save_json
+
+        save_json(args.json, result)
     print(json.dumps(result))
     return 0
 

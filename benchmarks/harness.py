@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -146,6 +147,12 @@ def mib(n: int | None) -> str:
 
 def print_json(obj: dict) -> None:
     print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def save_json(path: str | Path, obj: object) -> None:
+    """A benchmark's `--json FILE`: `obj` indented, its folder made if need be."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def quiet_log(verbose: bool) -> Callable[[str], None]:

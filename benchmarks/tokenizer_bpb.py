@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import save_json
+
 DEFAULT_OUT = Path("runs/tokenizer-bpb")
 DEFAULT_VOCABS = {"bytes": "2048,4096,8192", "compare": "4096"}
 SKIPPED_STEPS = 5  # the first steps of a run are slower (allocation, first kernels): not counted in s/step
@@ -464,8 +466,7 @@ def run(args: argparse.Namespace) -> int:
             result["corpora"] = report([r for r in load_records(args.out)
                                         if r["corpus"] in {Path(d).name for d in args.data.split(",")}])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        save_json(args.json, result)
     print(json.dumps(result))
     return 0
 
